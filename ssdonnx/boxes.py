@@ -1,0 +1,64 @@
+"""Box maths: small pure functions, batched over any leading dimensions.
+
+Formats: ``xyxy`` is (x1, y1, x2, y2), ``cxcywh`` is (cx, cy, w, h); both normalised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Smallest box side that ``encode`` takes the log of. A truth narrower than this (a
+# sub-pixel box at any realistic resolution) is encoded as if it were this wide, so that
+# degenerate rows that slip past validation can never produce log(0) = -inf in a loss.
+ENCODE_MIN_SIZE = 1e-6
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of xyxy boxes: Tensor[..., N, 4] -> Tensor[..., N]."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU (Jaccard overlap) of xyxy boxes.
+
+    a: Tensor[..., N, 4], b: Tensor[..., M, 4] (leading dimensions broadcast)
+    -> Tensor[..., N, M]. As the seed's ``jaccard``: intersection / union, with the
+    intersection clamped at 0 and no epsilon.
+    """
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])     # [..., N, M, 2]
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])     # [..., N, M, 2]
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]                                   # [..., N, M]
+    union = box_area(a)[..., :, None] + box_area(b)[..., None, :] - inter
+    return inter / union
+
+
+def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:
+    """Offsets of xyxy boxes from their priors, as the seed's ``encode``.
+
+    matched: Tensor[..., P, 4] xyxy; priors: Tensor[P, 4] cxcywh -> Tensor[..., P, 4]
+    (dcx, dcy, dw, dh). Box sides are clamped to ``ENCODE_MIN_SIZE`` before the log.
+    """
+    centre = (matched[..., :2] + matched[..., 2:]) / 2
+    size = (matched[..., 2:] - matched[..., :2]).clamp(min=ENCODE_MIN_SIZE)
+    d_centre = (centre - priors[:, :2]) / (variances[0] * priors[:, 2:])
+    d_size = torch.log(size / priors[:, 2:]) / variances[1]
+    return torch.cat([d_centre, d_size], -1)
+
+
+def decode(loc: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:
+    """Boxes from offsets, as the seed's ``decode``: Tensor[..., P, 4] -> xyxy [..., P, 4]."""
+    centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(loc[..., 2:] * variances[1])
+    return torch.cat([centre - size / 2, centre + size / 2], -1)

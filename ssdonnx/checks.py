@@ -1,0 +1,108 @@
+"""Input validation for the Python API.
+
+Every check raises ``ValueError`` (``TypeError`` for dtypes) with a message that names
+the argument and, for per-row problems, the image index and the row. Checks are skipped
+while ``torch.export`` / ``torch.onnx.export`` traces, so they never enter a graph; the
+exported graphs handle rows they cannot reject as the README's "Input contract" says.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Box coordinates may stray this far outside [0, 1] (rounding of pixel annotations,
+# for example a 1-based VOC xmax divided by the width); they are used as given.
+COORD_TOLERANCE = 1e-2
+
+
+def is_exporting() -> bool:
+    return bool(torch.compiler.is_exporting() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export())
+
+
+def require_tensor(x, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+
+
+def require_float(x: Tensor, name: str) -> None:
+    require_tensor(x, name)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+
+
+def require_shape(x: Tensor, name: str, shape: str, rank: int, **sizes: int) -> None:
+    """Check rank and named sizes; ``shape`` is the contract, such as '[B, P, 4]'."""
+    if x.dim() != rank:
+        raise ValueError(f"{name}: expected shape {shape}, got {list(x.shape)}")
+    for axis, size in sizes.items():
+        i = int(axis[1:])
+        if x.shape[i] != size:
+            raise ValueError(
+                f"{name}: expected shape {shape} with size {size} at dim {i}, "
+                f"got {list(x.shape)}")
+
+
+def require_finite(x: Tensor, name: str, what: str = "values") -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        where = [int(v) for v in bad.nonzero()[0]]
+        raise ValueError(f"{name}: non-finite {what} (NaN or inf) at index {where}")
+
+
+def require_same_device(**tensors: Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors on different devices: {listed}")
+
+
+def check_targets(targets: Tensor, num_classes: int | None = None,
+                  name: str = "targets") -> None:
+    """targets: Tensor[B, G, 5], rows (x1, y1, x2, y2, label); label -1 marks padding."""
+    require_float(targets, name)
+    require_shape(targets, name, "[B, G, 5]", 3, d2=5)
+    if targets.numel() == 0:
+        return
+    t = targets.detach()
+    labels = t[..., 4]
+    real = labels != -1                                                   # [B, G]
+    problems = [
+        (~torch.isfinite(t).all(-1), "non-finite value (NaN or inf)"),
+        (real & (labels != labels.round()), "label is not a whole number"),
+        (real & (labels < -1), "label below -1 (-1 marks padding)"),
+    ]
+    if num_classes is not None:
+        problems.append((real & (labels >= num_classes - 1),
+                         f"label >= {num_classes - 1} (labels are 0..{num_classes - 2}, "
+                         f"background excluded, for {num_classes} classes)"))
+    x1, y1, x2, y2 = t[..., 0], t[..., 1], t[..., 2], t[..., 3]
+    outside = ((t[..., :4] < -COORD_TOLERANCE) | (t[..., :4] > 1 + COORD_TOLERANCE)).any(-1)
+    problems += [
+        (real & ~(x2 > x1), "x2 <= x1"),
+        (real & ~(y2 > y1), "y2 <= y1"),
+        (real & outside, f"coordinate outside [0, 1] by more than {COORD_TOLERANCE}"),
+    ]
+    for bad, what in problems:
+        if bad.any():
+            b, g = (int(v) for v in bad.nonzero()[0])
+            row = [round(float(v), 6) for v in t[b, g]]
+            raise ValueError(f"{name}: image {b}, row {g}: {what}: {row}")
+
+
+def check_predictions(loc: Tensor, conf: Tensor, dbox: Tensor) -> None:
+    """loc: [B, P, 4], conf: [B, P, C], dbox: [P, 4]; float, finite, one device."""
+    require_float(loc, "loc")
+    require_float(conf, "conf")
+    require_float(dbox, "dbox")
+    require_shape(dbox, "dbox", "[P, 4]", 2, d1=4)
+    P = dbox.shape[0]
+    require_shape(loc, "loc", "[B, P, 4]", 3, d1=P, d2=4)
+    require_shape(conf, "conf", "[B, P, C]", 3, d0=loc.shape[0], d1=P)
+    if conf.shape[2] < 2:
+        raise ValueError(f"conf: expected C >= 2 classes (background + 1), got {conf.shape[2]}")
+    require_same_device(loc=loc, conf=conf, dbox=dbox)
+    require_finite(loc.detach(), "loc")
+    require_finite(conf.detach(), "conf", "logits")
+    require_finite(dbox, "dbox")

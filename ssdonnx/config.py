@@ -1,0 +1,162 @@
+"""SSD configuration: one frozen dataclass and the JSON presets in ``models/``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# Presets live beside the package, in the repository's ``models/`` folder.
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class ConfigError(ValueError):
+    """A preset name that does not exist or a config file that does not parse."""
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    # Preset name; also the folder under models/ that export writes to.
+    name: str
+    # Square input side in pixels (SSD300: 300, SSD512: 512).
+    input_size: int
+    # Number of classes including background at index 0 (VOC: 20 + 1).
+    num_classes: int
+    # Side of each source feature map, in DBox order (SSD300: 38, 19, 10, 5, 3, 1).
+    feature_maps: tuple[int, ...]
+    # Pixel stride of each source map; DBox centres are (j + 0.5) * step / input_size.
+    steps: tuple[float, ...]
+    # DBox sizes in pixels per source map (SSD paper, section 2.2; seed's DBox class).
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    # Extra aspect ratios per source map; each ratio r adds r and 1/r.
+    aspect_ratios: tuple[tuple[float, ...], ...]
+    # Extra layers after conv7: (mid channels, out channels, kernel, stride, padding) per
+    # block; each block is a 1x1 conv to mid, then a kernel x kernel conv to out (seed's
+    # make_extras). The outputs of the blocks are the source maps after conv7.
+    extras: tuple[tuple[int, int, int, int, int], ...]
+    # Encoding variances for (centre, size) offsets (seed: 0.1, 0.2).
+    variances: tuple[float, float] = (0.1, 0.2)
+    # Clamp default boxes to [0, 1] (seed: True).
+    clip: bool = True
+    # Channel multiplier for the VGG base and the extras; 1.0 is the seed's network.
+    width: float = 1.0
+    # Optional class names for indices 1..C-1 (background excluded).
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        n = len(self.feature_maps)
+        for field in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
+            if len(getattr(self, field)) != n:
+                raise ConfigError(
+                    f"config {self.name!r}: {field} has {len(getattr(self, field))} entries, "
+                    f"feature_maps has {n}"
+                )
+        if n != 2 + len(self.extras):
+            raise ConfigError(
+                f"config {self.name!r}: {n} feature maps need {n - 2} extras blocks "
+                f"(conv4_3 and conv7 are the first two sources), got {len(self.extras)}"
+            )
+        if self.num_classes < 2:
+            raise ConfigError(f"config {self.name!r}: num_classes must be >= 2 (background + 1)")
+        if self.class_names and len(self.class_names) != self.num_classes - 1:
+            raise ConfigError(
+                f"config {self.name!r}: {len(self.class_names)} class_names for "
+                f"{self.num_classes - 1} foreground classes"
+            )
+        if not self.width > 0:
+            raise ConfigError(f"config {self.name!r}: width must be > 0, got {self.width}")
+        computed = source_map_sizes(self.input_size, self.extras)
+        if tuple(computed) != tuple(self.feature_maps):
+            raise ConfigError(
+                f"config {self.name!r}: feature_maps {list(self.feature_maps)} do not match "
+                f"the network's source maps {computed} for input_size {self.input_size}"
+            )
+
+    @property
+    def boxes_per_location(self) -> tuple[int, ...]:
+        """DBoxes per feature-map cell: two squares plus two per extra aspect ratio."""
+        return tuple(2 + 2 * len(ars) for ars in self.aspect_ratios)
+
+    @property
+    def num_priors(self) -> int:
+        return sum(f * f * n for f, n in zip(self.feature_maps, self.boxes_per_location))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "SSDConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a config must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config keys {unknown}")
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ConfigError(f"{source}: missing config keys {missing}")
+        try:
+            kwargs = dict(data)
+            for key in ("feature_maps", "steps", "min_sizes", "max_sizes", "variances",
+                        "class_names"):
+                if key in kwargs:
+                    kwargs[key] = tuple(kwargs[key])
+            kwargs["aspect_ratios"] = tuple(tuple(a) for a in kwargs["aspect_ratios"])
+            kwargs["extras"] = tuple(tuple(int(v) for v in e) for e in kwargs["extras"])
+            if any(len(e) != 5 for e in kwargs["extras"]):
+                raise ConfigError(f"{source}: each extras block is [mid, out, kernel, "
+                                  "stride, padding]")
+            return cls(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: malformed config: {exc}") from None
+
+
+def source_map_sizes(input_size: int, extras) -> list[int]:
+    """Spatial sides of the source maps that the SSD network produces."""
+    s = input_size
+    s = s // 2             # pool1
+    s = s // 2             # pool2
+    s = math.ceil(s / 2)   # pool3, ceil_mode as in the seed (75 -> 38)
+    sizes = [s]            # conv4_3
+    s = s // 2             # pool4; pool5 (3x3, stride 1, pad 1) and conv6/7 keep the size
+    sizes.append(s)        # conv7
+    for _mid, _out, kernel, stride, padding in extras:
+        s = (s + 2 * padding - kernel) // stride + 1
+        sizes.append(s)
+    return sizes
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def get_config(name_or_path: str | Path | SSDConfig) -> SSDConfig:
+    """A preset by name (``ssd300-voc``) or a JSON config file by path."""
+    if isinstance(name_or_path, SSDConfig):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith(".json") or path.exists()):
+        path = PRESETS_DIR / f"{text}.json"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown config {text!r}; presets: {', '.join(preset_names())} "
+                "(or give the path of a JSON file)"
+            )
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from None
+    return SSDConfig.from_dict(data, source=f"config file {str(path)!r}")

@@ -1,0 +1,109 @@
+"""MultiBoxLoss: Smooth-L1 location loss and hard-negative-mined cross-entropy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import checks
+from .matching import match, pad_targets
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's loss, a drop-in for the seed's ``MultiBoxLoss``, batched and exportable.
+
+    ``loss_l, loss_c = criterion((loc, conf, dbox), targets)`` with
+    loc: Tensor[B, P, 4] offsets, conf: Tensor[B, P, C] raw logits, dbox: Tensor[P, 4]
+    cxcywh, and targets either the seed's list of B tensors [n_i, 5] or one padded
+    Tensor[B, G, 5] (label -1 on padding rows). Both losses are summed over the batch
+    and divided by N, the number of positive default boxes in the batch.
+
+    Differences from the seed, all where the seed's result is undefined: with N = 0 both
+    losses are 0 (the seed divides by zero into NaN); float16/bfloat16 inputs are
+    computed in float32 and the losses are float32.
+
+    ``normalize="global"`` divides by N summed over all processes of the default
+    ``torch.distributed`` group, so that DistributedDataParallel's gradient averaging
+    gives the gradient of single-process training on the whole batch.
+    """
+
+    def __init__(self, jaccard_thresh: float = 0.5, neg_pos: int = 3, device=None,
+                 variances: tuple[float, float] = (0.1, 0.2), num_classes: int | None = None,
+                 validate: bool = True, normalize: str = "batch"):
+        super().__init__()
+        if normalize not in ("batch", "global"):
+            raise ValueError(f"normalize: expected 'batch' or 'global', got {normalize!r}")
+        self.jaccard_thresh = jaccard_thresh
+        self.negpos_ratio = neg_pos
+        self.device = device  # accepted for compatibility; computation follows the inputs
+        self.variances = tuple(variances)
+        self.num_classes = num_classes
+        self.validate = validate
+        self.normalize = normalize
+
+    def forward(self, predictions: tuple[Tensor, Tensor, Tensor],
+                targets: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        loc, conf, dbox = predictions
+        validate = self.validate and not checks.is_exporting()
+        if not isinstance(targets, Tensor):
+            targets = pad_targets(targets, validate=validate)
+        if validate:
+            checks.check_predictions(loc, conf, dbox)
+            checks.check_targets(targets, conf.shape[2])
+            if targets.shape[0] != loc.shape[0]:
+                raise ValueError(f"targets: {targets.shape[0]} images, loc and conf have "
+                                 f"{loc.shape[0]}")
+            if self.num_classes is not None and conf.shape[2] != self.num_classes:
+                raise ValueError(f"conf: expected {self.num_classes} classes, got "
+                                 f"{conf.shape[2]}")
+            checks.require_same_device(loc=loc, targets=targets)
+        loc, conf = loc.float(), conf.float()
+        targets = targets.to(dtype=loc.dtype, device=loc.device)
+        return multibox_loss(loc, conf, dbox.float(), targets, self.jaccard_thresh,
+                             self.negpos_ratio, self.variances, self.normalize)
+
+
+def multibox_loss(loc: Tensor, conf: Tensor, dbox: Tensor, targets: Tensor,
+                  jaccard_thresh: float = 0.5, neg_pos: int = 3,
+                  variances: tuple[float, float] = (0.1, 0.2), normalize: str = "batch"
+                  ) -> tuple[Tensor, Tensor]:
+    """The loss on validated float tensors; see ``MultiBoxLoss``. Fixed shapes throughout."""
+    P = loc.shape[1]
+    loc_t, conf_t = match(targets[..., :4], targets[..., 4], dbox, jaccard_thresh,
+                          variances, validate=False)
+    pos = conf_t > 0                                                          # [B, P]
+    num_pos = pos.sum(1)                                                      # [B]
+
+    # Location loss over positives only. A select, not a multiply: offsets of
+    # background boxes are never read, so nothing there can leak inf or NaN.
+    smooth_l1 = F.smooth_l1_loss(loc, loc_t, reduction="none").sum(2)         # [B, P]
+    loss_l = torch.where(pos, smooth_l1, 0.0).sum()
+
+    # Per-box cross-entropy; -log_softmax + gather exports to plain ONNX ops (no
+    # SoftmaxCrossEntropyLoss, which onnxruntime cannot run on CUDA).
+    ce = -F.log_softmax(conf, dim=2).gather(2, conf_t[..., None]).squeeze(2)  # [B, P]
+
+    # Hard negative mining: rank each image's background losses (positives count as 0,
+    # as in the seed) and keep the neg_pos * num_pos highest. The argsort of the
+    # descending argsort is each box's rank, so the selection is a mask, not a gather.
+    mining = torch.where(pos, 0.0, ce.detach())
+    rank = mining.argsort(1, descending=True).argsort(1)                      # [B, P]
+    num_neg = (num_pos * neg_pos).clamp(max=P)                                # [B]
+    neg = rank < num_neg[:, None]
+    loss_c = torch.where(pos | neg, ce, 0.0).sum()
+
+    # N = 0 means no positives and no mined negatives: both sums are 0, and so the losses.
+    n = num_pos.sum().to(loc.dtype)
+    world = 1
+    if normalize == "global" and torch.distributed.is_available() \
+            and torch.distributed.is_initialized():
+        # DDP averages gradients over W processes: dividing by N_total / W makes that
+        # average the gradient of sum / N_total over the whole global batch.
+        n = n.detach().clone()
+        torch.distributed.all_reduce(n)
+        world = torch.distributed.get_world_size()
+    n = n.clamp(min=1.0) / world
+    return loss_l / n, loss_c / n

@@ -1,0 +1,94 @@
+"""Matching of ground-truth boxes to default boxes, batched and export-friendly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import checks
+from .boxes import box_iou, cxcywh_to_xyxy, encode
+
+# The seed counts a truth's own best default box as overlap 2, above any real IoU.
+FORCED_OVERLAP = 2.0
+
+
+def pad_targets(targets: Sequence[Tensor], validate: bool = True) -> Tensor:
+    """The seed's list of per-image targets -> one padded Tensor[B, G, 5].
+
+    targets: B tensors of shape [n_i, 5], rows (x1, y1, x2, y2, label); an image with no
+    objects is a [0, 5] tensor. G = max n_i; padding rows are zeros with label -1.
+    """
+    if isinstance(targets, Tensor) or not isinstance(targets, Sequence):
+        raise TypeError("targets: expected a list of [n_i, 5] tensors, "
+                        f"got {type(targets).__name__}")
+    if len(targets) == 0:
+        raise ValueError("targets: empty list; expected one [n_i, 5] tensor per image")
+    for i, t in enumerate(targets):
+        checks.require_float(t, f"targets[{i}]")
+        if t.dim() != 2 or t.shape[1] != 5:
+            raise ValueError(f"targets[{i}]: expected shape [n, 5], got {list(t.shape)}")
+    if validate:
+        checks.require_same_device(**{f"targets[{i}]": t for i, t in enumerate(targets)})
+    G = max(t.shape[0] for t in targets)
+    ref = targets[0]
+    out = ref.new_zeros(len(targets), G, 5)
+    out[..., 4] = -1
+    for i, t in enumerate(targets):
+        out[i, : t.shape[0]] = t.to(ref.dtype)
+    return out
+
+
+def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,
+          variances: tuple[float, float] = (0.1, 0.2), validate: bool = True
+          ) -> tuple[Tensor, Tensor]:
+    """Assign each default box a ground truth, as the seed's per-image ``match``.
+
+    truths: Tensor[B, G, 4], (x1, y1, x2, y2) in [0, 1]; labels: Tensor[B, G], class
+    0..C-2, -1 on padding rows (their coordinates are ignored); dbox: Tensor[P, 4] cxcywh.
+    Returns loc_t: Tensor[B, P, 4] (encoded offsets) and conf_t: int64 Tensor[B, P]
+    (0 background, label + 1 otherwise).
+
+    Each default box takes the truth it overlaps most (the first on ties); each truth's
+    best default box is forced to that truth with overlap 2, the later truth winning when
+    two truths share one; default boxes below ``threshold`` are background.
+    """
+    if validate and not checks.is_exporting():
+        checks.require_float(truths, "truths")
+        checks.require_shape(truths, "truths", "[B, G, 4]", 3, d2=4)
+        checks.require_shape(labels, "labels", "[B, G]", 2, d0=truths.shape[0],
+                             d1=truths.shape[1])
+        checks.require_same_device(truths=truths, labels=labels, dbox=dbox)
+        checks.check_targets(torch.cat([truths, labels[..., None].to(truths.dtype)], -1),
+                             name="truths/labels")
+    B = truths.shape[0]
+    P = dbox.shape[0]
+    # One extra padding row per image, so that reductions over G never see an empty
+    # axis (G = 0 is a valid batch) and an all-padding image has something to point to.
+    truths = torch.cat([truths, truths.new_zeros(B, 1, 4)], 1)               # [B, G1, 4]
+    labels = torch.cat([labels, labels.new_full((B, 1), -1)], 1)              # [B, G1]
+    G1 = truths.shape[1]
+    valid = labels >= 0                                                       # [B, G1]
+    truths = torch.where(valid[..., None], truths, 0.0)
+
+    overlaps = box_iou(truths, cxcywh_to_xyxy(dbox))                          # [B, G1, P]
+    overlaps = torch.where(valid[..., None], overlaps, -1.0)
+    best_truth_overlap, best_truth_idx = overlaps.max(1)                      # [B, P]
+    best_prior_idx = overlaps.argmax(2)                                       # [B, G1]
+
+    # Force each truth's best prior to that truth; where several truths share a best
+    # prior, the loop's last write (the highest truth index) wins, hence the amax.
+    prior_ids = torch.arange(P, device=dbox.device)
+    truth_ids = torch.arange(G1, device=dbox.device)
+    is_best = (best_prior_idx[..., None] == prior_ids) & valid[..., None]    # [B, G1, P]
+    forced_truth = torch.where(is_best, truth_ids[:, None], -1).amax(1)       # [B, P]
+    forced = forced_truth >= 0
+    best_truth_idx = torch.where(forced, forced_truth, best_truth_idx)
+    best_truth_overlap = torch.where(forced, FORCED_OVERLAP, best_truth_overlap)
+
+    matched = truths.gather(1, best_truth_idx[..., None].expand(B, P, 4))     # [B, P, 4]
+    conf_t = labels.gather(1, best_truth_idx).long() + 1                      # [B, P]
+    conf_t = torch.where(best_truth_overlap < threshold, 0, conf_t)
+    loc_t = encode(matched, dbox, variances)                                  # [B, P, 4]
+    return loc_t, conf_t

@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import ssdonnx
+from helpers import dbox, random_predictions, random_targets
+from reference import multibox_loss_reference
+
+RTOL = 1e-5  # the bar for values and gradients against the seed
+
+
+def both_losses(targets, seed=0, C=21, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    loc, conf = random_predictions(gen, len(targets), 8732, C, scale)
+    loc_a, conf_a = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+    loc_b, conf_b = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+    ours = ssdonnx.MultiBoxLoss()((loc_a, conf_a, dbox()), targets)
+    ref = multibox_loss_reference(loc_b, conf_b, dbox(), targets)
+    return ours, ref, (loc_a, conf_a), (loc_b, conf_b)
+
+
+def assert_equal_to_seed(targets, seed=0, scale=1.0):
+    ours, ref, (la, ca), (lb, cb) = both_losses(targets, seed, scale=scale)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r, rtol=RTOL, atol=1e-6)
+    (ours[0] + ours[1]).backward()
+    (ref[0] + ref[1]).backward()
+    torch.testing.assert_close(la.grad, lb.grad, rtol=RTOL, atol=1e-7)
+    torch.testing.assert_close(ca.grad, cb.grad, rtol=RTOL, atol=1e-7)
+    return ours
+
+
+def test_values_and_gradients_equal_seed():
+    gen = torch.Generator().manual_seed(0)
+    assert_equal_to_seed(random_targets(gen, [3, 1, 8, 0]))
+
+
+def test_forty_objects():
+    gen = torch.Generator().manual_seed(1)
+    assert_equal_to_seed(random_targets(gen, [40, 40]))
+
+
+def test_list_and_padded_targets_agree():
+    gen = torch.Generator().manual_seed(2)
+    targets = random_targets(gen, [2, 0, 5])
+    loc, conf = random_predictions(gen, 3, 8732, 21)
+    criterion = ssdonnx.MultiBoxLoss()
+    a = criterion((loc, conf, dbox()), targets)
+    b = criterion((loc, conf, dbox()), ssdonnx.pad_targets(targets))
+    assert a[0] == b[0] and a[1] == b[1]
+
+
+def test_zero_positives_give_zero_not_nan():
+    gen = torch.Generator().manual_seed(3)
+    targets = [torch.zeros(0, 5), torch.zeros(0, 5)]
+    (ours_l, ours_c), (ref_l, ref_c), (la, ca), _ = both_losses(targets)
+    assert math.isnan(ref_l.detach().item()) and math.isnan(ref_c.detach().item())         # the seed divides 0 by 0
+    assert ours_l.item() == 0.0 and ours_c.item() == 0.0
+    (ours_l + ours_c).backward()
+    assert (la.grad == 0).all() and (ca.grad == 0).all()
+
+
+def test_all_padding_image_contributes_nothing():
+    gen = torch.Generator().manual_seed(4)
+    real = random_targets(gen, [3])
+    loc, conf = random_predictions(gen, 2, 8732, 21)
+    criterion = ssdonnx.MultiBoxLoss()
+    one = criterion((loc[:1], conf[:1], dbox()), real)
+    # A second image with only padding adds no positives and no mined negatives.
+    two = criterion((loc, conf, dbox()), real + [torch.zeros(0, 5)])
+    torch.testing.assert_close(one, two)
+
+
+def test_device_argument_is_accepted_and_inputs_decide():
+    gen = torch.Generator().manual_seed(5)
+    targets = random_targets(gen, [2])
+    loc, conf = random_predictions(gen, 1, 8732, 21)
+    a = ssdonnx.MultiBoxLoss(0.5, 3, "cpu")((loc, conf, dbox()), targets)
+    b = ssdonnx.MultiBoxLoss(device=torch.device("cuda"))((loc, conf, dbox()), targets)
+    assert a == b
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_compute_in_float32(dtype):
+    gen = torch.Generator().manual_seed(6)
+    targets = random_targets(gen, [4, 2])
+    loc, conf = random_predictions(gen, 2, 8732, 21)
+    criterion = ssdonnx.MultiBoxLoss()
+    full = criterion((loc, conf, dbox()), targets)
+    half = criterion((loc.to(dtype), conf.to(dtype), dbox()), targets)
+    assert all(h.dtype == torch.float32 for h in half)
+    tol = 1e-2 if dtype == torch.float16 else 3e-2    # input rounding of fp16 / bf16
+    for h, f in zip(half, full):
+        torch.testing.assert_close(h, f, rtol=tol, atol=tol)
+
+
+def test_confident_network_stays_finite():
+    # Large logits: the cross-entropy of well-classified boxes underflows to 0.
+    gen = torch.Generator().manual_seed(7)
+    assert_equal_to_seed(random_targets(gen, [2, 6]), scale=20.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(counts=st.lists(st.integers(0, 8), min_size=1, max_size=4), seed=st.integers(0, 2**31))
+def test_loss_equals_loop_reference(counts, seed):
+    gen = torch.Generator().manual_seed(seed)
+    targets = random_targets(gen, counts)
+    if sum(counts) == 0:
+        ours = ssdonnx.MultiBoxLoss()((*random_predictions(gen, len(counts), 8732, 21), dbox()),
+                                      targets)
+        assert ours[0] == 0 and ours[1] == 0
+    else:
+        assert_equal_to_seed(targets, seed=seed % 1000)
