@@ -36,12 +36,18 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     -> Tensor[..., N, M]. As the seed's ``jaccard``: intersection / union, with the
     intersection clamped at 0 and no epsilon.
     """
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])     # [..., N, M, 2]
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])     # [..., N, M, 2]
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]                                   # [..., N, M]
-    union = box_area(a)[..., :, None] + box_area(b)[..., None, :] - inter
-    return inter / union
+    ax1, ay1, ax2, ay2 = a[..., :, None, :].unbind(-1)                 # [..., N, 1] each
+    bx1, by1, bx2, by2 = b[..., None, :, :].unbind(-1)                 # [..., 1, M] each
+    # In place on fresh intermediates: NMS calls this on [N, k, k] and each new buffer
+    # of that size costs more than the arithmetic.
+    iw = torch.minimum(ax2, bx2)
+    iw -= torch.maximum(ax1, bx1)
+    ih = torch.minimum(ay2, by2)
+    ih -= torch.maximum(ay1, by1)
+    inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))                    # [..., N, M]
+    union = box_area(a)[..., :, None] + box_area(b)[..., None, :]
+    union -= inter
+    return inter.div_(union)
 
 
 def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:

@@ -1,0 +1,176 @@
+"""The SSD network (VGG16 base, extras, L2Norm, loc/conf heads) and checkpoint loading."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import SSDConfig
+
+# The seed's VGG16 layout: channels, 'M' max pool 2x2, 'C' the same with ceil_mode.
+VGG_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512)
+# Index in ``vgg`` after which conv4_3 (with its ReLU) is the first source map.
+CONV4_3_END = 23
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def _channels(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+def make_vgg(width: float = 1.0) -> nn.ModuleList:
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for v in VGG_LAYOUT:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        elif v == "C":
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+        else:
+            out = _channels(v, width)
+            layers += [nn.Conv2d(in_ch, out, 3, padding=1), nn.ReLU(inplace=True)]
+            in_ch = out
+    fc = _channels(1024, width)
+    layers += [
+        nn.MaxPool2d(3, 1, padding=1),                            # pool5
+        nn.Conv2d(in_ch, fc, 3, padding=6, dilation=6),           # conv6 (atrous fc6)
+        nn.ReLU(inplace=True),
+        nn.Conv2d(fc, fc, 1),                                     # conv7 (fc7)
+        nn.ReLU(inplace=True),
+    ]
+    return nn.ModuleList(layers)
+
+
+def make_extras(cfg: SSDConfig, in_ch: int) -> nn.ModuleList:
+    layers = []
+    for mid, out, kernel, stride, padding in cfg.extras:
+        mid, out = _channels(mid, cfg.width), _channels(out, cfg.width)
+        layers += [nn.Conv2d(in_ch, mid, 1),
+                   nn.Conv2d(mid, out, kernel, stride=stride, padding=padding)]
+        in_ch = out
+    return nn.ModuleList(layers)
+
+
+class L2Norm(nn.Module):
+    """Channel-wise L2 normalisation with a learned scale (ParseNet), on conv4_3."""
+
+    def __init__(self, channels: int = 512, scale: float = 20.0, eps: float = 1e-10):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(scale)))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps
+        return self.weight[None, :, None, None] * (x / norm)
+
+
+class SSD(nn.Module):
+    """SSD network: images [B, 3, H, W] -> (loc [B, P, 4], conf [B, P, C]) raw outputs.
+
+    Module names follow the seed code base (``vgg``, ``extras``, ``L2Norm``, ``loc``,
+    ``conf``), so its checkpoints load with ``strict=True``. No post-processing here.
+    """
+
+    def __init__(self, cfg: SSDConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.vgg = make_vgg(cfg.width)
+        conv4_3 = self.vgg[CONV4_3_END - 2].out_channels
+        fc7 = self.vgg[-2].out_channels
+        self.extras = make_extras(cfg, fc7)
+        self.L2Norm = L2Norm(conv4_3, 20.0)
+        source_channels = [conv4_3, fc7] + [m.out_channels for m in self.extras[1::2]]
+        A = cfg.boxes_per_location
+        self.loc = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1)
+                                 for c, a in zip(source_channels, A))
+        self.conf = nn.ModuleList(nn.Conv2d(c, a * cfg.num_classes, 3, padding=1)
+                                  for c, a in zip(source_channels, A))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The seed's initialisation: Xavier-uniform conv weights, zero biases."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        B = images.shape[0]
+        x = images
+        for layer in self.vgg[:CONV4_3_END]:
+            x = layer(x)
+        sources = [self.L2Norm(x)]
+        for layer in self.vgg[CONV4_3_END:]:
+            x = layer(x)
+        sources.append(x)
+        for i, layer in enumerate(self.extras):
+            x = F.relu(layer(x))
+            if i % 2 == 1:
+                sources.append(x)
+        # [B, A*4, f, f] -> [B, f, f, A*4] -> [B, f*f*A, 4]: the DBox order.
+        loc = torch.cat([head(s).permute(0, 2, 3, 1).reshape(B, -1, 4)
+                         for head, s in zip(self.loc, sources)], 1)       # [B, P, 4]
+        conf = torch.cat([head(s).permute(0, 2, 3, 1).reshape(B, -1, self.num_classes)
+                          for head, s in zip(self.conf, sources)], 1)     # [B, P, C]
+        return loc, conf
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state_dict in a checkpoint file: a plain state_dict, or a dict holding one under
+    ``state_dict``, ``model`` or ``net``. Only tensors are loaded (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
+            ValueError, OSError, AttributeError, KeyError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated, corrupt or not a "
+                              f"PyTorch checkpoint: {first}") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "net"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or \
+            not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict "
+                              "(a dict of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: SSD, path: str | Path) -> SSD:
+    """Load a checkpoint into ``model`` strictly; a base-only file (such as
+    ``vgg16_reducedfc.pth``, keys ``0.weight`` ... ``33.bias``) goes into ``model.vgg``."""
+    state = read_checkpoint(path)
+    target: nn.Module = model
+    if all(k.split(".")[0].isdigit() for k in state):
+        target = model.vgg
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(f"{k} {list(state[k].shape)} (model: {list(expected[k].shape)})"
+                        for k in set(state) & set(expected)
+                        if state[k].shape != expected[k].shape)
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("mis-shaped", mis_shaped)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)"
+                                               if len(keys) > 6 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model.cfg.name} "
+                              f"({model.cfg.num_classes} classes): " + "; ".join(parts))
+    target.load_state_dict(state, strict=True)
+    return model
