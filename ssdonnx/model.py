@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import checks
 from .config import SSDConfig
 
 # The seed's VGG16 layout: channels, 'M' max pool 2x2, 'C' the same with ceil_mode.
@@ -79,9 +80,10 @@ class SSD(nn.Module):
     ``conf``), so its checkpoints load with ``strict=True``. No post-processing here.
     """
 
-    def __init__(self, cfg: SSDConfig):
+    def __init__(self, cfg: SSDConfig, validate: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.validate = validate
         self.num_classes = cfg.num_classes
         self.vgg = make_vgg(cfg.width)
         conv4_3 = self.vgg[CONV4_3_END - 2].out_channels
@@ -104,6 +106,11 @@ class SSD(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if self.validate and not checks.is_exporting():
+            S = self.cfg.input_size
+            checks.require_float(images, "images")
+            checks.require_shape(images, "images", f"[B, 3, {S}, {S}]", 4, d1=3, d2=S, d3=S)
+            checks.require_finite(images.detach(), "images", "pixels")
         B = images.shape[0]
         x = images
         for layer in self.vgg[:CONV4_3_END]:

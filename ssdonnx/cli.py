@@ -1,0 +1,251 @@
+"""The ``ssdonnx`` command line: a thin click shell over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, get_config
+
+PROVIDER = click.Choice(["auto", "cpu", "cuda"])
+
+
+class InputError(click.ClickException):
+    """Bad input (a file, a config, an array): message and exit code 2, no traceback."""
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _friendly(fn):
+    """Turn the library's input errors into InputError (exit 2, one line)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .export import OnnxFileError
+        from .model import CheckpointError
+        from .runtime import ProviderError
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, CheckpointError, OnnxFileError, ProviderError,
+                FileExistsError, ValueError, TypeError) as exc:
+            raise InputError(str(exc)) from None
+    return wrapper
+
+
+def _status(message: str):
+    """Print 'message ...' now and 'done in Xs' when the block ends."""
+    class _Step:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+            click.echo(f"{message} ...", err=True, nl=False)
+            return self
+
+        def __exit__(self, exc_type, *_):
+            took = time.perf_counter() - self.t0
+            click.echo(f" {'done' if exc_type is None else 'failed'} in {took:.1f}s", err=True)
+    return _Step()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ssdonnx")
+def main():
+    """SSD object detection end to end through ONNX: network, detector and loss."""
+
+
+def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: int = 1,
+            threads: int | None = None) -> bool:
+    from .export import read_info
+    from .parity import VERIFY_CASES, check_parity, format_table
+    from .runtime import Session
+
+    info = read_info(path)
+    sess = Session(path, provider, threads)
+    if sess.note:
+        click.echo(sess.note, err=True)
+    cases = VERIFY_CASES if batch is None else ((batch, 4), (batch, 0))
+    with _status(f"verifying {path} ({info.kind}, {info.config.name}) on {sess.provider}"):
+        rows = check_parity(info, sess, weights, cases=cases, seed=seed)
+    click.echo(format_table(rows))
+    ok = all(r.passed for r in rows)
+    click.echo(f"{'PASS' if ok else 'FAIL'}: PyTorch vs onnxruntime ({sess.provider}), "
+               f"{info.kind} graph {path}")
+    return ok
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["model", "detector", "loss", "all"]))
+@click.option("--config", "config", default="ssd300-voc", show_default=True,
+              help="Preset name or path of a JSON config.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint (seed state_dict format) for model and detector.")
+@click.option("--output", type=click.Path(), default=None,
+              help="File for one kind, folder for all [default: models/<config>/].")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option("--no-verify", is_flag=True, help="Skip the checker and the parity check.")
+@_friendly
+def export(kind, config, weights, output, opset, force, no_verify):
+    """Export KIND (model, detector, loss or all) to ONNX, then check and verify it."""
+    import onnx
+
+    from .export import export_graph
+
+    cfg = get_config(config)
+    kinds = ["model", "detector", "loss"] if kind == "all" else [kind]
+    if output is None:
+        from .config import PRESETS_DIR
+        folder = PRESETS_DIR / cfg.name
+        paths = [folder / f"{k}.onnx" for k in kinds]
+    elif kind == "all":
+        paths = [Path(output) / f"{k}.onnx" for k in kinds]
+    else:
+        paths = [Path(output)]
+    for p in paths:
+        if p.exists() and not force:
+            raise InputError(f"{p} exists; pass --force to overwrite it")
+    if weights is not None and not Path(weights).is_file():
+        raise InputError(f"checkpoint {weights!r}: no such file")
+    failed = []
+    for k, path in zip(kinds, paths):
+        with _status(f"exporting {k} for {cfg.name} (opset {opset})"):
+            export_graph(k, cfg, path, weights=weights if k != "loss" else None,
+                         opset=opset, force=force)
+        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        if no_verify:
+            continue
+        with _status(f"onnx.checker (full check) on {path}"):
+            onnx.checker.check_model(str(path), full_check=True)
+        if not _verify(path, weights if k != "loss" else None, "cpu"):
+            failed.append(str(path))
+    if failed:
+        raise click.ClickException(f"parity check failed for {', '.join(failed)}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), default=None)
+@click.option("--provider", type=PROVIDER, default="auto", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Batch size of the check inputs [default: 3 and 1].")
+@click.option("--seed", type=int, default=1, show_default=True)
+@_friendly
+def verify(file, weights, provider, batch, seed):
+    """Rebuild FILE's PyTorch reference and compare it with onnxruntime."""
+    if not _verify(Path(file), weights, provider, batch, seed):
+        sys.exit(1)
+
+
+def _load_loss_inputs(npz_path: Path, cfg):
+    """loc, conf, targets from an npz: ``targets`` [B, G, 5] or ``targets_0``, ... per image."""
+    import numpy as np
+    import torch
+
+    from . import checks
+    from .matching import pad_targets
+
+    try:
+        data = np.load(npz_path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"{npz_path} is not a readable .npz file ({type(exc).__name__})") \
+            from None
+    keys = set(data.files)
+    missing = sorted({"loc", "conf"} - keys)
+    per_image = sorted((k for k in keys if k.startswith("targets_")),
+                       key=lambda k: int(k.split("_")[1]) if k.split("_")[1].isdigit() else -1)
+    if "targets" not in keys and not per_image:
+        missing.append("targets (or targets_0, targets_1, ...)")
+    if missing:
+        raise InputError(f"{npz_path}: missing arrays {missing}; found {sorted(keys)}")
+    loc = torch.from_numpy(np.asarray(data["loc"], dtype=np.float32))
+    conf = torch.from_numpy(np.asarray(data["conf"], dtype=np.float32))
+    if "targets" in keys:
+        targets = torch.from_numpy(np.asarray(data["targets"], dtype=np.float32))
+    else:
+        expected = [f"targets_{i}" for i in range(len(per_image))]
+        if per_image != expected:
+            raise InputError(f"{npz_path}: per-image targets must be {expected[:3]}..., "
+                             f"got {per_image}")
+        arrays = [torch.from_numpy(np.asarray(data[k], dtype=np.float32).reshape(-1, 5)
+                                   if data[k].size == 0 else
+                                   np.asarray(data[k], dtype=np.float32)) for k in per_image]
+        targets = pad_targets(arrays)
+    dbox_like = torch.zeros(cfg.num_priors, 4)
+    checks.check_predictions(loc, conf, dbox_like)
+    if conf.shape[2] != cfg.num_classes:
+        raise InputError(f"{npz_path}: conf has {conf.shape[2]} classes, the graph "
+                         f"({cfg.name}) takes {cfg.num_classes}")
+    checks.check_targets(targets, cfg.num_classes)
+    if targets.shape[0] != loc.shape[0]:
+        raise InputError(f"{npz_path}: targets hold {targets.shape[0]} images, loc "
+                         f"{loc.shape[0]}")
+    return loc, conf, targets
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--inputs", "inputs", type=click.Path(dir_okay=False), required=True,
+              help="npz with loc [B,P,4], conf [B,P,C] and targets [B,G,5] "
+                   "(or targets_0, targets_1, ... of shape [n_i, 5]).")
+@click.option("--provider", type=PROVIDER, default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_friendly
+def loss(file, inputs, provider, as_json):
+    """Run an exported loss graph in onnxruntime on the arrays in an npz file."""
+    from .export import read_info
+    from .runtime import Session
+
+    info = read_info(file, kind="loss")
+    loc, conf, targets = _load_loss_inputs(Path(inputs), info.config)
+    sess = Session(file, provider)
+    out = sess.run(loc=loc, conf=conf, targets=targets)
+    result = {"loss_l": float(out["loss_l"]), "loss_c": float(out["loss_c"]),
+              "batch": int(loc.shape[0]), "provider": sess.provider}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        if sess.note:
+            click.echo(sess.note, err=True)
+        click.echo(f"loss_l = {result['loss_l']:.6f}\nloss_c = {result['loss_c']:.6f}\n"
+                   f"(batch {result['batch']}, {sess.provider})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_friendly
+def info(file):
+    """Show what an exported ssdonnx file holds."""
+    import onnx
+
+    from .export import read_info
+    from .runtime import available_providers
+
+    meta = read_info(file)
+    proto = onnx.load(str(file), load_external_data=False)
+
+    def dims(value):
+        return "[" + ", ".join(d.dim_param or str(d.dim_value)
+                               for d in value.type.tensor_type.shape.dim) + "]"
+
+    cfg = meta.config
+    click.echo(f"file:       {file}\nkind:       {meta.kind}\n"
+               f"config:     {cfg.name} (input {cfg.input_size}, {cfg.num_classes} classes, "
+               f"P = {cfg.num_priors})\nopset:      {meta.opset}\n"
+               f"ssdonnx:    {meta.version}\nweights:    {meta.weights}")
+    if meta.thresholds:
+        click.echo("thresholds: " + ", ".join(f"{k}={v}" for k, v in meta.thresholds.items()))
+    for label, values in (("inputs", proto.graph.input), ("outputs", proto.graph.output)):
+        click.echo(f"{label}:")
+        for v in values:
+            dtype = onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+            click.echo(f"  {v.name:16s} {dtype:8s} {dims(v)}")
+    click.echo("providers:  " + ", ".join(available_providers()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""PyTorch against onnxruntime: named tolerances, comparisons, and the report table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .graphs import OUTPUT_NAMES, build_graph, example_inputs
+
+# Network outputs: float32 convolutions in a different kernel order (oneDNN in PyTorch,
+# MLAS in onnxruntime) accumulate differences of about 1e-5 relative over the VGG stack.
+NETWORK_RTOL, NETWORK_ATOL = 1e-3, 1e-4
+# Losses: sums over B * P terms taken in a different order.
+LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-5
+# Detections: normalised box coordinates and softmax scores after the network.
+DETECTION_ATOL = 1e-4
+
+TOLERANCES = {"loc": (NETWORK_RTOL, NETWORK_ATOL), "conf": (NETWORK_RTOL, NETWORK_ATOL),
+              "loss_l": (LOSS_RTOL, LOSS_ATOL), "loss_c": (LOSS_RTOL, LOSS_ATOL)}
+
+# Batch size and objects per image of the two verification inputs: both differ from the
+# export example (batch 2, 3 objects); 1 is the size torch.export likes to specialise.
+VERIFY_CASES = ((3, 5), (1, 1))
+
+
+@dataclass
+class ParityRow:
+    case: str
+    output: str
+    max_abs: float
+    max_rel: float
+    tolerance: str
+    mismatched: int
+    total: int
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatched == 0
+
+
+def compare_arrays(case: str, name: str, ref, out, rtol: float, atol: float) -> ParityRow:
+    ref, out = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
+    if ref.shape != out.shape:
+        return ParityRow(case, name, float("inf"), float("inf"),
+                         f"shape {list(ref.shape)} vs {list(out.shape)}", 1, 1)
+    diff = np.abs(ref - out)
+    bad = ~(diff <= atol + rtol * np.abs(ref))
+    rel = diff / np.maximum(np.abs(ref), max(atol, 1e-12))  # relative where not ~0
+    return ParityRow(case, name, float(diff.max(initial=0)), float(rel.max(initial=0)),
+                     f"rtol {rtol:g}, atol {atol:g}", int(bad.sum()), int(ref.size))
+
+
+def compare_detections(case: str, ref_dets, ref_num, out_dets, out_num,
+                       atol: float = DETECTION_ATOL) -> ParityRow:
+    """Detections as sets per image: every kept row of one side must have a row of the
+    same class on the other with box and score within ``atol`` (NMS ties may order
+    equal scores differently, so rows are matched, not compared by position)."""
+    ref_dets, out_dets = np.asarray(ref_dets), np.asarray(out_dets)
+    ref_num, out_num = np.asarray(ref_num), np.asarray(out_num)
+    mismatched, total, max_abs = 0, 0, 0.0
+    for b in range(ref_dets.shape[0]):
+        a = ref_dets[b, : int(ref_num[b])]
+        o = out_dets[b, : int(out_num[b])] if b < out_dets.shape[0] else out_dets[:0, 0]
+        total += max(len(a), len(o))
+        unused = list(range(len(o)))
+        for row in a:
+            best, best_err = None, np.inf
+            for j in unused:
+                if o[j, 5] != row[5]:
+                    continue
+                err = np.abs(o[j, :5] - row[:5]).max()
+                if err < best_err:
+                    best, best_err = j, err
+            if best is not None and best_err <= atol:
+                unused.remove(best)
+                max_abs = max(max_abs, float(best_err))
+            else:
+                mismatched += 1
+        mismatched += len(unused)
+    if ref_dets.shape != out_dets.shape:
+        mismatched = max(mismatched, 1)
+    return ParityRow(case, "detections", max_abs, float("nan"),
+                     f"set match, atol {atol:g}", mismatched, total)
+
+
+def reference_outputs(graph, kind: str, inputs: dict) -> dict:
+    with torch.no_grad():
+        outs = graph(*inputs.values())
+    return {name: t.detach().cpu().numpy() for name, t in zip(OUTPUT_NAMES[kind], outs)}
+
+
+def compare_outputs(case: str, kind: str, ref: dict, out: dict) -> list[ParityRow]:
+    if kind == "detector":
+        rows = [compare_detections(case, ref["detections"], ref["num_detections"],
+                                   out["detections"], out["num_detections"])]
+        rows.append(compare_arrays(case, "num_detections", ref["num_detections"],
+                                   out["num_detections"], 0, 0))
+        return rows
+    return [compare_arrays(case, name, ref[name], out[name], *TOLERANCES[name])
+            for name in OUTPUT_NAMES[kind]]
+
+
+def check_weights(info, weights) -> None:
+    """The reference must use the weights the file was exported with."""
+    from .export import OnnxFileError, file_sha256
+
+    if info.kind == "loss":
+        if weights is not None:
+            raise OnnxFileError(f"{info.path} is a loss graph: it has no weights")
+        return
+    if info.weights.startswith("sha256:"):
+        if weights is None:
+            raise OnnxFileError(f"{info.path} was exported from a checkpoint; pass the same "
+                                "checkpoint with --weights")
+        if f"sha256:{file_sha256(weights)}" != info.weights:
+            raise OnnxFileError(f"{weights} is not the checkpoint {info.path} was exported "
+                                "from (sha256 differs)")
+    elif weights is not None:
+        raise OnnxFileError(f"{info.path} was exported without a checkpoint "
+                            f"({info.weights} initialisation); drop --weights")
+
+
+def check_parity(info, session, weights=None, cases=VERIFY_CASES, seed: int = 1,
+                 progress=None) -> list[ParityRow]:
+    """Rebuild the PyTorch reference of an ssdonnx file and compare it with ``session``
+    on fresh random inputs (one per case: batch size, objects per image)."""
+    check_weights(info, weights)
+    graph = build_graph(info.kind, info.config, weights, info.thresholds or None)
+    rows = []
+    for i, (batch, objects) in enumerate(cases):
+        inputs = example_inputs(info.kind, info.config, batch, objects, seed=seed + i)
+        case = f"B={batch}" + (f", G={objects}" if info.kind == "loss" else "")
+        ref = reference_outputs(graph, info.kind, inputs)
+        out = session.run(**inputs)
+        rows += compare_outputs(case, info.kind, ref, out)
+        if progress:
+            progress(case)
+    return rows
+
+
+def format_table(rows: list[ParityRow]) -> str:
+    header = ("case", "output", "max abs err", "max rel err", "tolerance", "result")
+    body = [(r.case, r.output, f"{r.max_abs:.3g}",
+             "-" if np.isnan(r.max_rel) else f"{r.max_rel:.3g}", r.tolerance,
+             "PASS" if r.passed else f"FAIL ({r.mismatched}/{r.total} differ)")
+            for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
+             for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

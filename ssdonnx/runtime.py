@@ -1,0 +1,115 @@
+"""onnxruntime sessions that never fall back to the CPU silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch  # noqa: F401  (loads the CUDA libraries of the torch wheels before ORT)
+import onnxruntime as ort
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class ProviderError(RuntimeError):
+    """The requested execution provider cannot run here."""
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+def _cuda_session(path: str, opts) -> ort.InferenceSession:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ProviderError("CUDAExecutionProvider is not available: install "
+                            "onnxruntime-gpu (and not onnxruntime beside it)")
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception:  # best effort; the provider check below decides
+            pass
+    sess = ort.InferenceSession(path, opts, providers=["CUDAExecutionProvider",
+                                                       "CPUExecutionProvider"])
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise ProviderError("onnxruntime could not load CUDAExecutionProvider (no GPU, or "
+                            f"CUDA libraries missing); the session got {sess.get_providers()}")
+    return sess
+
+
+class Session:
+    """An onnxruntime session on a provider that really loaded.
+
+    provider: ``cpu``, ``cuda`` (a clear error unless CUDAExecutionProvider is the
+    session's first provider) or ``auto`` (CUDA when it truly loads, else CPU; ``note``
+    says which and why). ``run`` takes NumPy arrays or torch tensors; tensors already on
+    a CUDA device go through IOBinding and the outputs come back as CUDA tensors.
+    """
+
+    def __init__(self, path, provider: str = "auto", threads: int | None = None,
+                 profile: bool = False):
+        if provider not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"provider: expected auto, cpu or cuda, got {provider!r}")
+        path = str(Path(path))
+        opts = _options(threads)
+        opts.enable_profiling = profile
+        self.note = ""
+        if provider == "cpu":
+            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        elif provider == "cuda":
+            self.session = _cuda_session(path, opts)
+        else:
+            try:
+                self.session = _cuda_session(path, opts)
+                self.note = "auto: CUDAExecutionProvider loaded"
+            except ProviderError as exc:
+                self.session = ort.InferenceSession(path, _options(threads),
+                                                    providers=["CPUExecutionProvider"])
+                self.note = f"auto: using CPU ({exc})"
+        self.provider = "cuda" if self.session.get_providers()[0] == PROVIDERS["cuda"] else "cpu"
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, **inputs):
+        """Run on named inputs; returns a dict of outputs (NumPy, or CUDA tensors)."""
+        missing = sorted(set(self.input_names) - set(inputs))
+        if missing:
+            raise ValueError(f"missing inputs {missing}; the graph takes {self.input_names}")
+        on_cuda = [isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values()]
+        if self.provider == "cuda" and all(on_cuda):
+            return self._run_bound(inputs)
+        feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                 for k, v in inputs.items() if k in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def _run_bound(self, inputs) -> dict:
+        binding = self.session.io_binding()
+        for name in self.input_names:
+            t = inputs[name].contiguous()
+            binding.bind_input(name, "cuda", t.device.index or 0,
+                               _NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
+        device_id = next(iter(inputs.values())).device.index or 0
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", device_id)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return {name: torch.from_dlpack(o.to_dlpack()) if hasattr(o, "to_dlpack")
+                else torch.as_tensor(o.numpy()) for name, o in zip(self.output_names, outs)}
+
+    def end_profiling(self) -> str:
+        return self.session.end_profiling()
+
+
+_NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+
+
+def session(path, provider: str = "auto", threads: int | None = None) -> Session:
+    return Session(path, provider, threads)

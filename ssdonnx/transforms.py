@@ -1,0 +1,48 @@
+"""Pre-processing: the seed's inference transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The seed's colour mean, in its BGR order (ssd.pytorch / pytorch_advanced: 104, 117, 123).
+MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
+    """An image -> Tensor[3, size, size] float32, as the seed feeds its network.
+
+    The seed reads BGR images (OpenCV), resizes them bilinearly to the input size,
+    subtracts the BGR mean (104, 117, 123) and then reorders the channels with
+    ``[:, :, (2, 1, 0)]``; so the network sees R-123, G-117, B-104. This does the same.
+
+    image: a PIL image (any mode; converted to RGB) or a NumPy array HWC (or HW for
+    grey) of uint8 or float values in 0..255, RGB unless ``bgr=True`` (OpenCV arrays).
+    size: input side; None keeps the image's size.
+    """
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ValueError(f"image: expected an HWC array with 3 channels, got shape "
+                             f"{list(array.shape)}")
+        array = array[..., :3]
+        if bgr:
+            array = array[..., ::-1]
+    elif hasattr(image, "convert"):
+        array = np.asarray(image.convert("RGB"))
+    else:
+        raise TypeError(f"image: expected a PIL image or a NumPy array, got "
+                        f"{type(image).__name__}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"image: expected numeric pixels, got {array.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+    if size is not None and tuple(x.shape[1:]) != (size, size):
+        # Bilinear with half-pixel centres and no antialiasing: OpenCV's INTER_LINEAR.
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=False)[0]
+    mean_rgb = torch.tensor(MEAN_BGR[::-1]).view(3, 1, 1)
+    return x - mean_rgb
