@@ -195,3 +195,96 @@ def detect_reference(loc_data, conf_data, dbox_list, conf_thresh=0.01, top_k=200
         rows.sort(key=lambda r: -r[4])
         results.append(rows[:max_detections])
     return results
+
+
+# --- The seed code base's SSD300 network (pytorch_advanced ssd_model.py, train phase) ---
+
+import torch.nn as nn  # noqa: E402
+import torch.nn.init as init  # noqa: E402
+
+
+def make_vgg():
+    layers = []
+    in_channels = 3
+    cfg = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'MC', 512, 512, 512, 'M', 512, 512, 512]
+    for v in cfg:
+        if v == 'M':
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+        elif v == 'MC':
+            layers += [nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)]
+        else:
+            conv2d = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+            layers += [conv2d, nn.ReLU(inplace=True)]
+            in_channels = v
+    pool5 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+    conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6)
+    conv7 = nn.Conv2d(1024, 1024, kernel_size=1)
+    layers += [pool5, conv6, nn.ReLU(inplace=True), conv7, nn.ReLU(inplace=True)]
+    return nn.ModuleList(layers)
+
+
+def make_extras():
+    layers = []
+    in_channels = 1024
+    cfg = [256, 512, 128, 256, 128, 256, 128, 256]
+    layers += [nn.Conv2d(in_channels, cfg[0], kernel_size=(1))]
+    layers += [nn.Conv2d(cfg[0], cfg[1], kernel_size=(3), stride=2, padding=1)]
+    layers += [nn.Conv2d(cfg[1], cfg[2], kernel_size=(1))]
+    layers += [nn.Conv2d(cfg[2], cfg[3], kernel_size=(3), stride=2, padding=1)]
+    layers += [nn.Conv2d(cfg[3], cfg[4], kernel_size=(1))]
+    layers += [nn.Conv2d(cfg[4], cfg[5], kernel_size=(3))]
+    layers += [nn.Conv2d(cfg[5], cfg[6], kernel_size=(1))]
+    layers += [nn.Conv2d(cfg[6], cfg[7], kernel_size=(3))]
+    return nn.ModuleList(layers)
+
+
+def make_loc_conf(num_classes=21, bbox_aspect_num=[4, 6, 6, 6, 4, 4]):
+    loc_layers, conf_layers = [], []
+    for ch, n in zip([512, 1024, 512, 256, 256, 256], bbox_aspect_num):
+        loc_layers += [nn.Conv2d(ch, n * 4, kernel_size=3, padding=1)]
+        conf_layers += [nn.Conv2d(ch, n * num_classes, kernel_size=3, padding=1)]
+    return nn.ModuleList(loc_layers), nn.ModuleList(conf_layers)
+
+
+class SeedL2Norm(nn.Module):
+    def __init__(self, input_channels=512, scale=20):
+        super().__init__()
+        self.weight = nn.Parameter(torch.Tensor(input_channels))
+        self.scale = scale
+        init.constant_(self.weight, self.scale)
+        self.eps = 1e-10
+
+    def forward(self, x):
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps
+        x = torch.div(x, norm)
+        weights = self.weight.unsqueeze(0).unsqueeze(2).unsqueeze(3).expand_as(x)
+        return weights * x
+
+
+class SeedSSD(nn.Module):
+    def __init__(self, num_classes=21):
+        super().__init__()
+        self.num_classes = num_classes
+        self.vgg = make_vgg()
+        self.extras = make_extras()
+        self.L2Norm = SeedL2Norm()
+        self.loc, self.conf = make_loc_conf(num_classes)
+
+    def forward(self, x):
+        sources, loc, conf = [], [], []
+        for k in range(23):
+            x = self.vgg[k](x)
+        sources.append(self.L2Norm(x))
+        for k in range(23, len(self.vgg)):
+            x = self.vgg[k](x)
+        sources.append(x)
+        for k, v in enumerate(self.extras):
+            x = F.relu(v(x), inplace=True)
+            if k % 2 == 1:
+                sources.append(x)
+        for (x, l, c) in zip(sources, self.loc, self.conf):
+            loc.append(l(x).permute(0, 2, 3, 1).contiguous())
+            conf.append(c(x).permute(0, 2, 3, 1).contiguous())
+        loc = torch.cat([o.view(o.size(0), -1) for o in loc], 1)
+        conf = torch.cat([o.view(o.size(0), -1) for o in conf], 1)
+        return loc.view(loc.size(0), -1, 4), conf.view(conf.size(0), -1, self.num_classes)
