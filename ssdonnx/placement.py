@@ -1,0 +1,61 @@
+"""Where onnxruntime really runs each node: read from its session profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .export import read_info
+from .graphs import example_inputs
+from .runtime import Session
+
+# Nodes onnxruntime itself keeps on the CPU because they only compute shapes.
+SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Reshape",
+             "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice", "Cast", "Expand",
+             "Equal", "Where", "Mul", "Add", "Sub", "Div", "Max", "Min"}
+
+
+def node_providers(path, provider: str = "cuda") -> list[dict]:
+    """Run the graph once with profiling on; one dict per executed node: name, op_type,
+    provider and output shapes, as onnxruntime's profile reports them."""
+    info = read_info(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)   # the profile file is written to the working directory
+        try:
+            sess = Session(path, provider, profile=True)
+            sess.run(**example_inputs(info.kind, info.config, 2, 3))
+            profile = Path(sess.end_profiling()).read_text()
+        finally:
+            os.chdir(cwd)
+    nodes = {}
+    for event in json.loads(profile):
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and "provider" in args:
+            nodes[event["name"].removesuffix("_kernel_time")] = {
+                "name": event["name"].removesuffix("_kernel_time"),
+                "op_type": args.get("op_name"), "provider": args["provider"],
+                "outputs": args.get("output_type_shape", [])}
+    return list(nodes.values())
+
+
+def _is_shape_work(node: dict) -> bool:
+    """int64 outputs of at most a few elements: shape arithmetic, not tensor compute."""
+    if node["op_type"] not in SHAPE_OPS:
+        return False
+    for out in node["outputs"]:
+        for dtype, shape in out.items():
+            size = 1
+            for d in shape:
+                size *= d
+            if dtype != "int64" or size > 8:
+                return False
+    return True
+
+
+def cpu_compute_nodes(path) -> list[dict]:
+    """Nodes placed on CPUExecutionProvider in a CUDA session, shape-only work aside."""
+    return [n for n in node_providers(path, "cuda")
+            if n["provider"] == "CPUExecutionProvider" and not _is_shape_work(n)]
