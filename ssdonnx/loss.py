@@ -52,6 +52,8 @@ class MultiBoxLoss(nn.Module):
             targets = pad_targets(targets, validate=validate)
         if validate:
             checks.check_predictions(loc, conf, dbox)
+            checks.require_tensor(targets, "targets")
+            checks.require_same_device(loc=loc, targets=targets)
             checks.check_targets(targets, conf.shape[2])
             if targets.shape[0] != loc.shape[0]:
                 raise ValueError(f"targets: {targets.shape[0]} images, loc and conf have "
@@ -59,7 +61,6 @@ class MultiBoxLoss(nn.Module):
             if self.num_classes is not None and conf.shape[2] != self.num_classes:
                 raise ValueError(f"conf: expected {self.num_classes} classes, got "
                                  f"{conf.shape[2]}")
-            checks.require_same_device(loc=loc, targets=targets)
         loc, conf = loc.float(), conf.float()
         targets = targets.to(dtype=loc.dtype, device=loc.device)
         return multibox_loss(loc, conf, dbox.float(), targets, self.jaccard_thresh,
@@ -71,9 +72,13 @@ def multibox_loss(loc: Tensor, conf: Tensor, dbox: Tensor, targets: Tensor,
                   variances: tuple[float, float] = (0.1, 0.2), normalize: str = "batch"
                   ) -> tuple[Tensor, Tensor]:
     """The loss on validated float tensors; see ``MultiBoxLoss``. Fixed shapes throughout."""
-    P = loc.shape[1]
-    loc_t, conf_t = match(targets[..., :4], targets[..., 4], dbox, jaccard_thresh,
-                          variances, validate=False)
+    P, C = loc.shape[1], conf.shape[2]
+    # Inside an exported graph nothing can be rejected: a label outside 0..C-2 makes its
+    # row padding (README, "Input contract"); validated eager inputs never have one.
+    labels = targets[..., 4]
+    labels = torch.where((labels >= 0) & (labels < C - 1), labels, -1.0)
+    loc_t, conf_t = match(targets[..., :4], labels, dbox, jaccard_thresh, variances,
+                          validate=False)
     pos = conf_t > 0                                                          # [B, P]
     num_pos = pos.sum(1)                                                      # [B]
 

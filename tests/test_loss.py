@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import ssdonnx
 from helpers import dbox, random_predictions, random_targets
-from reference import multibox_loss_reference
+from ssdonnx.reference import multibox_loss_reference
 
 RTOL = 1e-5  # the bar for values and gradients against the seed
 

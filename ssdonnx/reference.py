@@ -1,6 +1,9 @@
-"""Loop references written from the seed's algorithms: per image, per object, per class,
-exactly as the seed notebook, the classic ``utils/match.py`` and the seed code base's
-``DBox`` and ``Detect`` do it. Tests hold the vectorised library against these.
+"""The seed's algorithms as loops: per image, per object, per class, exactly as the seed
+notebook, the classic ``utils/match.py`` and the seed code base's ``DBox``, ``Detect``
+and ``SSD`` do them (the seed's style kept on purpose).
+
+Nothing in the library calls this module. The tests hold the vectorised code against
+it, and ``ssdonnx bench`` times it as the baseline.
 """
 
 from itertools import product
