@@ -73,16 +73,18 @@ def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,
     truths = torch.where(valid[..., None], truths, 0.0)
 
     overlaps = box_iou(truths, cxcywh_to_xyxy(dbox))                          # [B, G1, P]
-    overlaps = torch.where(valid[..., None], overlaps, -1.0)
+    # Padding rows get overlap -1 so that they never win a default box. (Arithmetic
+    # rather than torch.where: on [B, G1, P] it is several times faster on CPU.)
+    real = valid[..., None].to(overlaps.dtype)
+    overlaps = overlaps * real + (real - 1)
     best_truth_overlap, best_truth_idx = overlaps.max(1)                      # [B, P]
     best_prior_idx = overlaps.argmax(2)                                       # [B, G1]
 
     # Force each truth's best prior to that truth; where several truths share a best
     # prior, the loop's last write (the highest truth index) wins, hence the amax.
-    prior_ids = torch.arange(P, device=dbox.device)
-    truth_ids = torch.arange(G1, device=dbox.device)
-    is_best = (best_prior_idx[..., None] == prior_ids) & valid[..., None]    # [B, G1, P]
-    forced_truth = torch.where(is_best, truth_ids[:, None], -1).amax(1)       # [B, P]
+    truth_ids = torch.arange(G1, device=dbox.device).expand(B, G1)
+    forced_truth = torch.full((B, P), -1, dtype=torch.long, device=dbox.device).scatter_reduce(
+        1, best_prior_idx, torch.where(valid, truth_ids, -1), reduce="amax")  # [B, P]
     forced = forced_truth >= 0
     best_truth_idx = torch.where(forced, forced_truth, best_truth_idx)
     best_truth_overlap = torch.where(forced, FORCED_OVERLAP, best_truth_overlap)

@@ -21,22 +21,22 @@ def available_providers() -> list[str]:
 
 def _options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4   # failures reach the caller as ProviderError instead
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return opts
 
 
-def _cuda_session(path: str, opts) -> ort.InferenceSession:
+def _cuda_session(path: str, opts, probe: bool = False) -> ort.InferenceSession:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise ProviderError("CUDAExecutionProvider is not available: install "
                             "onnxruntime-gpu (and not onnxruntime beside it)")
-    if hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception:  # best effort; the provider check below decides
-            pass
+    if probe and not torch.cuda.is_available():
+        # auto on a machine without a GPU: don't make onnxruntime print its loader errors
+        raise ProviderError("no CUDA device visible to torch")
+    if torch.cuda.is_available() and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()   # CUDA and cuDNN libraries of the torch wheels
     sess = ort.InferenceSession(path, opts, providers=["CUDAExecutionProvider",
                                                        "CPUExecutionProvider"])
     if sess.get_providers()[0] != "CUDAExecutionProvider":
@@ -68,7 +68,7 @@ class Session:
             self.session = _cuda_session(path, opts)
         else:
             try:
-                self.session = _cuda_session(path, opts)
+                self.session = _cuda_session(path, opts, probe=True)
                 self.note = "auto: CUDAExecutionProvider loaded"
             except ProviderError as exc:
                 self.session = ort.InferenceSession(path, _options(threads),

@@ -1,0 +1,223 @@
+"""Benchmarks: eager PyTorch, onnxruntime and the seed's loop reference, side by side on
+the same inputs in one run. Medians over repetitions after warm-up; ratios against the
+baseline of each table (the loop reference, or eager PyTorch for the whole detector)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import reference
+from .config import get_config
+from .export import export_graph
+from .graphs import build_graph, example_inputs
+from .loss import MultiBoxLoss
+from .matching import pad_targets
+from .postprocess import ONNX_TRANSLATIONS, detect
+from .priors import default_boxes
+from .runtime import Session
+
+
+@dataclass
+class Timing:
+    bench: str
+    batch: int
+    impl: str
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    ratio: float = float("nan")   # baseline median / this median: > 1 is faster
+
+
+def measure(fn, repeat: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _row(bench, batch, impl, times) -> Timing:
+    ms = [t * 1e3 for t in times]
+    return Timing(bench, batch, impl, statistics.median(ms), min(ms), max(ms))
+
+
+def _ratios(rows: list[Timing], baseline: str) -> list[Timing]:
+    for batch in {r.batch for r in rows}:
+        base = [r for r in rows if r.batch == batch and r.impl == baseline]
+        for r in rows:
+            if r.batch == batch and base:
+                r.ratio = base[0].median_ms / r.median_ms
+    return rows
+
+
+def realistic_logits(gen: torch.Generator, B: int, P: int, C: int):
+    """Offsets and logits shaped like a trained SSD's: nearly every default box is
+    confidently background, about 1% lean towards one foreground class."""
+    loc = torch.randn(B, P, 4, generator=gen) * 0.5
+    conf = torch.randn(B, P, C, generator=gen)
+    conf[..., 0] += 5.0
+    objects = torch.rand(B, P, generator=gen) < 0.01
+    cls = torch.randint(1, C, (B, P), generator=gen)
+    boost = torch.zeros(B, P, C).scatter(2, cls[..., None], 8.0) * objects[..., None]
+    return loc, conf + boost
+
+
+def _loss_inputs(cfg, B, gen, max_objects=8):
+    """Network outputs for B images and the seed's list of targets, 1..max_objects each."""
+    counts = torch.randint(1, max_objects + 1, (B,), generator=gen).tolist()
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    batch = example_inputs("loss", cfg, B, 1, seed=seed)
+    targets = [example_inputs("loss", cfg, 1, n, seed=seed + 1 + i)["targets"][0]
+               for i, n in enumerate(counts)]
+    return batch["loc"], batch["conf"], targets
+
+
+def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto",
+               backward=True, progress=print) -> list[Timing]:
+    cfg = get_config(config)
+    dbox = default_boxes(cfg)
+    criterion = MultiBoxLoss(num_classes=cfg.num_classes)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_graph("loss", cfg, Path(tmp) / "loss.onnx")
+        sess = Session(path, provider)
+        for B in batches:
+            gen = torch.Generator().manual_seed(B)
+            loc, conf, targets = _loss_inputs(cfg, B, gen)
+            padded = pad_targets(targets)
+            progress(f"loss B={B}")
+            rows.append(_row("loss forward", B, "loop reference", measure(
+                lambda: reference.multibox_loss_reference(loc, conf, dbox, targets), repeat)))
+            rows.append(_row("loss forward", B, "ssdonnx eager", measure(
+                lambda: criterion((loc, conf, dbox), targets), repeat)))
+            feeds = dict(loc=loc.numpy(), conf=conf.numpy(), targets=padded.numpy())
+            rows.append(_row("loss forward", B, f"onnxruntime {sess.provider}", measure(
+                lambda: sess.run(**feeds), repeat)))
+            if backward:
+                def ref_step():
+                    lv, cv = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+                    sum(reference.multibox_loss_reference(lv, cv, dbox, targets)).backward()
+
+                def our_step():
+                    lv, cv = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+                    sum(criterion((lv, cv, dbox), targets)).backward()
+                rows.append(_row("loss fwd+bwd", B, "loop reference", measure(ref_step, repeat)))
+                rows.append(_row("loss fwd+bwd", B, "ssdonnx eager", measure(our_step, repeat)))
+    return _ratios_by_bench(rows, "loop reference")
+
+
+def _ratios_by_bench(rows, baseline):
+    for bench in {r.bench for r in rows}:
+        _ratios([r for r in rows if r.bench == bench], baseline)
+    return rows
+
+
+class DetectionHead(torch.nn.Module):
+    """(loc [B, P, 4], conf [B, P, C]) -> detections: the head alone, for timing."""
+
+    def __init__(self, dbox):
+        super().__init__()
+        self.register_buffer("dbox", dbox)
+
+    def forward(self, loc, conf):
+        return detect(loc, conf, self.dbox, validate=False)
+
+
+def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
+               progress=print) -> list[Timing]:
+    cfg = get_config(config)
+    dbox = default_boxes(cfg)
+    head = DetectionHead(dbox)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = torch.Generator().manual_seed(0)
+        loc, conf = realistic_logits(gen, 2, cfg.num_priors, cfg.num_classes)
+        B = torch.export.Dim("B", min=1, max=4096)
+        program = torch.onnx.export(head, (loc, conf), dynamo=True,
+                                    custom_translation_table=ONNX_TRANSLATIONS,
+                                    input_names=["loc", "conf"],
+                                    dynamic_shapes={"loc": {0: B}, "conf": {0: B}})
+        path = Path(tmp) / "head.onnx"
+        program.save(str(path), external_data=False)
+        sess = Session(path, provider)
+        for b in batches:
+            loc, conf = realistic_logits(torch.Generator().manual_seed(b), b, cfg.num_priors,
+                                         cfg.num_classes)
+            progress(f"head B={b}")
+            rows.append(_row("detection head", b, "loop reference", measure(
+                lambda: reference.detect_reference(loc, conf, dbox), repeat)))
+            rows.append(_row("detection head", b, "ssdonnx eager", measure(
+                lambda: head(loc, conf), repeat)))
+            feeds = dict(loc=loc.numpy(), conf=conf.numpy())
+            rows.append(_row("detection head", b, f"onnxruntime {sess.provider}", measure(
+                lambda: sess.run(**feeds), repeat)))
+    return _ratios(rows, "loop reference")
+
+
+def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
+                   progress=print) -> list[Timing]:
+    cfg = get_config(config)
+    detector = build_graph("detector", cfg)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_graph("detector", cfg, Path(tmp) / "detector.onnx")
+        sess = Session(path, provider)
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for b in batches:
+            images = example_inputs("detector", cfg, b, seed=b)["images"]
+            progress(f"detector B={b}")
+            for device in devices:
+                det = detector.to(device)
+                x = images.to(device)
+
+                def eager():
+                    with torch.no_grad():
+                        out = det(x)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    return out
+                rows.append(_row("detector", b, f"pytorch eager {device}",
+                                 measure(eager, repeat)))
+            rows.append(_row("detector", b, f"onnxruntime {sess.provider}", measure(
+                lambda: sess.run(images=images), repeat)))
+    return _ratios(rows, "pytorch eager cpu")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {torch.get_num_threads()} threads{gpu}; torch {torch.__version__}, "
+            f"onnxruntime {__import__('onnxruntime').__version__}")
+
+
+def format_rows(rows: list[Timing]) -> str:
+    header = ("bench", "B", "implementation", "median ms", "min-max ms", "speed-up")
+    body = [(r.bench, str(r.batch), r.impl, f"{r.median_ms:.1f}",
+             f"{r.min_ms:.1f}-{r.max_ms:.1f}",
+             "-" if r.ratio != r.ratio else f"{r.ratio:.1f}x") for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    lines = ["| " + " | ".join(x.ljust(w) for x, w in zip(line, widths)) + " |"
+             for line in [header, *body]]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def as_dicts(rows: list[Timing]) -> list[dict]:
+    return [asdict(r) for r in rows]
