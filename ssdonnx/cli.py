@@ -247,5 +247,142 @@ def info(file):
     click.echo("providers:  " + ", ".join(available_providers()))
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def _collect_images(paths) -> list[Path]:
+    images = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            images.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return images
+
+
+def _class_names(spec: str | None, cfg) -> list[str]:
+    """Names for classes 1..C-1: a preset's (voc, coco), a text file, or the config's."""
+    if spec in ("voc", "coco"):
+        names = list(get_config(f"ssd300-{spec}").class_names)
+    elif spec is not None:
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError(f"--labels {spec!r}: expected voc, coco or a text file")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = list(cfg.class_names) or [f"class {i}" for i in range(1, cfg.num_classes)]
+    if len(names) != cfg.num_classes - 1:
+        raise InputError(f"--labels: {len(names)} names for the model's "
+                         f"{cfg.num_classes - 1} foreground classes")
+    return names
+
+
+@main.command()
+@click.argument("detector", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="detections",
+              show_default=True, help="Folder for the pictures and detections.json.")
+@click.option("--provider", type=PROVIDER, default="auto", show_default=True)
+@click.option("--score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keep detections with at least this score.")
+@click.option("--labels", default=None, help="voc, coco or a file of class names.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
+@_friendly
+def detect(detector, images, out_dir, provider, score, labels, batch):
+    """Find objects in IMAGES (files or folders) with an exported detector; draw them."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from .draw import draw_detections
+    from .export import read_info
+    from .runtime import Session
+    from .transforms import preprocess
+
+    info = read_info(detector, kind="detector")
+    names = _class_names(labels, info.config)
+    files = _collect_images(images)
+    if not files:
+        raise InputError(f"no .jpg, .jpeg or .png images in {', '.join(images)}")
+    sess = Session(detector, provider)
+    if sess.note:
+        click.echo(sess.note, err=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results, failed, n_dets = [], [], 0
+    t0 = time.perf_counter()
+    with click.progressbar(length=len(files), label="detecting", file=sys.stderr,
+                           show_pos=True) as bar:
+        for start in range(0, len(files), batch):
+            chunk, loaded = files[start:start + batch], []
+            for f in chunk:
+                try:
+                    with Image.open(f) as im:
+                        loaded.append((f, im.convert("RGB")))
+                except (OSError, UnidentifiedImageError, ValueError) as exc:
+                    failed.append(f"{f}: {exc}")
+            if loaded:
+                x = np.stack([preprocess(im, info.config.input_size).numpy()
+                              for _, im in loaded])
+                res = sess.run(images=x)
+                for (f, im), dets, num in zip(loaded, res["detections"],
+                                              res["num_detections"]):
+                    W, H = im.size
+                    found = [{"label": names[int(d[5]) - 1], "class_id": int(d[5]),
+                              "score": round(float(d[4]), 4),
+                              "box": [round(float(v), 1) for v in d[:4] * [W, H, W, H]]}
+                             for d in dets[: int(num)] if d[4] >= score]
+                    n_dets += len(found)
+                    results.append({"image": str(f), "width": W, "height": H,
+                                    "detections": found})
+                    draw_detections(im, found).save(out / f"{f.stem}.png")
+            bar.update(len(chunk))
+    took = time.perf_counter() - t0
+    (out / "detections.json").write_text(json.dumps(results, indent=2))
+    for message in failed:
+        click.echo(f"skipped {message}", err=True)
+    click.echo(f"{len(results)} images, {n_dets} detections (score >= {score}), "
+               f"{took / max(len(files), 1):.3f} s per image on {sess.provider}; "
+               f"pictures and detections.json in {out}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(files)} images could not be read")
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["loss", "detector", "head"]))
+@click.option("--config", default="ssd300-voc", show_default=True)
+@click.option("--batch", "batches", default=None,
+              help="Comma-separated batch sizes [default: 1,8,32 for loss; 1,8 otherwise].")
+@click.option("--provider", type=PROVIDER, default="auto", show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_friendly
+def bench(what, config, batches, provider, repeat, as_json):
+    """Time eager PyTorch, onnxruntime and the seed's loop reference on the same inputs."""
+    from . import bench as benchmarks
+
+    if batches is None:
+        sizes = (1, 8, 32) if what == "loss" else (1, 8)
+    else:
+        try:
+            sizes = tuple(int(b) for b in batches.split(","))
+        except ValueError:
+            raise InputError(f"--batch {batches!r}: expected sizes like 1,8,32") from None
+        if any(b < 1 for b in sizes):
+            raise InputError("--batch: sizes must be >= 1")
+    fn = {"loss": benchmarks.bench_loss, "detector": benchmarks.bench_detector,
+          "head": benchmarks.bench_head}[what]
+    rows = fn(config, sizes, repeat, provider,
+              progress=lambda m: click.echo(f"timing {m} ...", err=True))
+    if as_json:
+        click.echo(json.dumps({"machine": benchmarks.machine(),
+                               "rows": benchmarks.as_dicts(rows)}, indent=1))
+    else:
+        click.echo(f"{benchmarks.machine()}; medians of {repeat} runs after warm-up; "
+                   "speed-up = baseline median / median")
+        click.echo(benchmarks.format_rows(rows))
+
+
 if __name__ == "__main__":
     main()
