@@ -15,7 +15,7 @@ import torch
 
 from . import reference
 from .config import get_config
-from .export import export_graph
+from .export import _quiet_exporter, export_graph
 from .graphs import build_graph, example_inputs
 from .loss import MultiBoxLoss
 from .matching import pad_targets
@@ -143,10 +143,11 @@ def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
         gen = torch.Generator().manual_seed(0)
         loc, conf = realistic_logits(gen, 2, cfg.num_priors, cfg.num_classes)
         B = torch.export.Dim("B", min=1, max=4096)
-        program = torch.onnx.export(head, (loc, conf), dynamo=True,
-                                    custom_translation_table=ONNX_TRANSLATIONS,
-                                    input_names=["loc", "conf"],
-                                    dynamic_shapes={"loc": {0: B}, "conf": {0: B}})
+        with _quiet_exporter():
+            program = torch.onnx.export(head.eval(), (loc, conf), dynamo=True,
+                                        custom_translation_table=ONNX_TRANSLATIONS,
+                                        input_names=["loc", "conf"],
+                                        dynamic_shapes={"loc": {0: B}, "conf": {0: B}})
         path = Path(tmp) / "head.onnx"
         program.save(str(path), external_data=False)
         sess = Session(path, provider)
