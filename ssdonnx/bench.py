@@ -19,7 +19,7 @@ from .export import _quiet_exporter, export_graph
 from .graphs import build_graph, example_inputs
 from .loss import MultiBoxLoss
 from .matching import pad_targets
-from .postprocess import ONNX_TRANSLATIONS, detect
+from .postprocess import ONNX_TRANSLATIONS, DetectionHead
 from .priors import default_boxes
 from .runtime import Session
 
@@ -120,17 +120,6 @@ def _ratios_by_bench(rows, baseline):
     for bench in {r.bench for r in rows}:
         _ratios([r for r in rows if r.bench == bench], baseline)
     return rows
-
-
-class DetectionHead(torch.nn.Module):
-    """(loc [B, P, 4], conf [B, P, C]) -> detections: the head alone, for timing."""
-
-    def __init__(self, dbox):
-        super().__init__()
-        self.register_buffer("dbox", dbox)
-
-    def forward(self, loc, conf):
-        return detect(loc, conf, self.dbox, validate=False)
 
 
 def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",

@@ -124,6 +124,19 @@ def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_TH
     return rows, kept.sum(1)
 
 
+class DetectionHead(nn.Module):
+    """The head alone: (loc [B, P, 4], conf [B, P, C]) -> (detections [B, K, 6],
+    num_detections [B]), with the default boxes as a constant."""
+
+    def __init__(self, dbox: Tensor, **thresholds):
+        super().__init__()
+        self.register_buffer("dbox", dbox, persistent=False)
+        self.thresholds = thresholds
+
+    def forward(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor]:
+        return detect(loc, conf, self.dbox, validate=False, **self.thresholds)
+
+
 class SSDDetector(nn.Module):
     """Network + default boxes + detection head: images [B, 3, H, W] ->
     (detections [B, K, 6], num_detections [B]). This is what exports as the detector."""

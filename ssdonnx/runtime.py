@@ -100,9 +100,13 @@ class Session:
         for name in self.output_names:
             binding.bind_output(name, "cuda", device_id)
         self.session.run_with_iobinding(binding)
-        outs = binding.get_outputs()
-        return {name: torch.from_dlpack(o.to_dlpack()) if hasattr(o, "to_dlpack")
-                else torch.as_tensor(o.numpy()) for name, o in zip(self.output_names, outs)}
+        device = torch.device("cuda", device_id)
+
+        def to_torch(value):
+            if hasattr(value, "to_dlpack"):   # zero-copy where this onnxruntime offers it
+                return torch.from_dlpack(value.to_dlpack())
+            return torch.as_tensor(value.numpy(), device=device)
+        return {name: to_torch(o) for name, o in zip(self.output_names, binding.get_outputs())}
 
     def end_profiling(self) -> str:
         return self.session.end_profiling()

@@ -4,7 +4,7 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 
 from ssdonnx.boxes import box_iou, xyxy_to_cxcywh
-from ssdonnx.postprocess import ONNX_TRANSLATIONS, detect, nms
+from ssdonnx.postprocess import ONNX_TRANSLATIONS, DetectionHead, detect, nms
 from helpers import dbox
 from ssdonnx.reference import detect_reference, nm_suppression_reference
 
@@ -130,21 +130,12 @@ def test_nms_op_against_seed_nms():
     assert set(keep.nonzero()[:, 0].tolist()) == set(ids[:count].tolist())
 
 
-class Head(torch.nn.Module):
-    def __init__(self, priors):
-        super().__init__()
-        self.register_buffer("priors", priors)
-
-    def forward(self, loc, conf):
-        return detect(loc, conf, self.priors, validate=False)
-
-
 def test_exported_nms_matches_eager_on_crafted_boxes(tmp_path):
     """ONNX NonMaxSuppression has the seed's semantics: drop IoU > threshold, keep
     scores > conf_thresh; checked where the crafted IoUs straddle the threshold."""
     ort = pytest.importorskip("onnxruntime")
     loc, conf, priors = crafted_inputs()
-    head = Head(priors)
+    head = DetectionHead(priors).eval()
     program = torch.onnx.export(head, (loc.expand(2, -1, -1), conf.expand(2, -1, -1)),
                                 dynamo=True, custom_translation_table=ONNX_TRANSLATIONS,
                                 input_names=["loc", "conf"],
