@@ -16,8 +16,12 @@ from .config import ConfigError, SSDConfig, get_config  # noqa: E402
 from .priors import default_boxes  # noqa: E402
 from .matching import match, pad_targets  # noqa: E402
 from .loss import MultiBoxLoss  # noqa: E402
+from .model import SSD, load_weights  # noqa: E402
+from .postprocess import DetectionHead, SSDDetector, detect  # noqa: E402
+from .transforms import preprocess  # noqa: E402
 
 __all__ = [
-    "ConfigError", "MultiBoxLoss", "SSDConfig", "default_boxes", "get_config", "match",
-    "pad_targets",
+    "ConfigError", "DetectionHead", "MultiBoxLoss", "SSD", "SSDConfig", "SSDDetector",
+    "default_boxes", "detect", "get_config", "load_weights", "match", "pad_targets",
+    "preprocess",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -33,23 +34,22 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, CheckpointError, OnnxFileError, ProviderError,
-                FileExistsError, ValueError, TypeError) as exc:
+                FileExistsError, FileNotFoundError, ValueError, TypeError) as exc:
             raise InputError(str(exc)) from None
     return wrapper
 
 
+@contextlib.contextmanager
 def _status(message: str):
-    """Print 'message ...' now and 'done in Xs' when the block ends."""
-    class _Step:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-            click.echo(f"{message} ...", err=True, nl=False)
-            return self
-
-        def __exit__(self, exc_type, *_):
-            took = time.perf_counter() - self.t0
-            click.echo(f" {'done' if exc_type is None else 'failed'} in {took:.1f}s", err=True)
-    return _Step()
+    """Print 'message ...' now and 'done in Xs' (or 'failed') when the block ends."""
+    t0, ok = time.perf_counter(), False
+    click.echo(f"{message} ...", err=True, nl=False)
+    try:
+        yield
+        ok = True
+    finally:
+        click.echo(f" {'done' if ok else 'failed'} in {time.perf_counter() - t0:.1f}s",
+                   err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -382,6 +382,129 @@ def bench(what, config, batches, provider, repeat, as_json):
         click.echo(f"{benchmarks.machine()}; medians of {repeat} runs after warm-up; "
                    "speed-up = baseline median / median")
         click.echo(benchmarks.format_rows(rows))
+
+
+@main.group()
+def data():
+    """Data sets in the VOC layout."""
+
+
+@data.command("shapes")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--train", "n_train", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--val", "n_val", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def data_shapes(out, n_train, n_val, seed):
+    """Write the synthetic shapes data set (circles, squares, triangles) to OUT."""
+    from .shapes import write_shapes
+
+    with click.progressbar(length=n_train + n_val, label="writing shapes",
+                           file=sys.stderr, show_pos=True) as bar:
+        root = write_shapes(out, n_train, n_val, seed, progress=bar.update)
+    click.echo(f"wrote {n_train} train and {n_val} val images (seed {seed}) to {root}")
+
+
+@main.command()
+@click.option("--config", required=True, help="Preset name or JSON config.")
+@click.option("--data", "data_root", type=click.Path(file_okay=False, exists=True),
+              required=True, help="VOC-layout folder (ImageSets/Main/train.txt).")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per step and process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+              show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant",
+              show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Initial weights (full model or VGG base).")
+@click.option("--resume", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="last.pth of an earlier run.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def train(config, data_root, out, epochs, batch, lr, schedule, weights, resume, seed):
+    """Train an SSD with MultiBoxLoss (also under torchrun, with DDP)."""
+    from .train import train as run
+
+    cfg = get_config(config)
+    bars = {}
+
+    def progress(n, total, epoch, loss_l, loss_c, rate):
+        if epoch not in bars:
+            for bar in bars.values():
+                bar.render_finish()
+            bars[epoch] = click.progressbar(
+                length=total, label=f"epoch {epoch}/{epochs}", file=sys.stderr,
+                item_show_func=lambda _: bars[epoch].status)
+            bars[epoch].status = ""
+        bar = bars[epoch]
+        bar.status = f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s"
+        bar.update(n)
+
+    run(cfg, data_root, out, epochs, batch, lr, weights, resume, seed,
+        schedule=schedule, log=lambda m: click.echo(m, err=True), progress=progress)
+    for bar in bars.values():
+        bar.render_finish()
+    click.echo(f"checkpoints in {out} (seed state_dict format: {cfg.name}-epoch{epochs}.pth)")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_root", type=click.Path(file_okay=False, exists=True),
+              required=True)
+@click.option("--image-set", default="val", show_default=True)
+@click.option("--config", default=None, help="Config of a checkpoint MODEL.")
+@click.option("--provider", type=PROVIDER, default="auto", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def evaluate(model, data_root, image_set, config, provider, batch, as_json):
+    """VOC mAP@0.5 of MODEL: an exported detector.onnx (onnxruntime) or a checkpoint
+    with --config (eager PyTorch)."""
+    import torch
+
+    from .data import VOCDataset
+    from .evaluate import run_detector, voc_map
+
+    if model.endswith(".onnx"):
+        from .export import read_info
+        from .runtime import Session
+
+        cfg = read_info(model, kind="detector").config
+        sess = Session(model, provider)
+
+        def predict(images):
+            out = sess.run(images=images)
+            return out["detections"], out["num_detections"]
+        how = f"onnxruntime {sess.provider}"
+    else:
+        if config is None:
+            raise InputError("a checkpoint MODEL needs --config")
+        from .graphs import build_graph
+
+        cfg = get_config(config)
+        detector = build_graph("detector", cfg, model)
+
+        def predict(images):
+            with torch.no_grad():
+                return detector(images)
+        how = "PyTorch eager"
+    dataset = VOCDataset(data_root, image_set, cfg.class_names, size=cfg.input_size,
+                         keep_difficult=True)
+    with click.progressbar(length=len(dataset), label=f"evaluating ({how})",
+                           file=sys.stderr, show_pos=True) as bar:
+        detections, truths = run_detector(predict, dataset, batch, progress=bar.update)
+    result = voc_map(detections, truths, cfg.class_names)
+    if as_json:
+        click.echo(json.dumps({"map07": result.map07, "map": result.map,
+                               "per_class": result.per_class, "images": len(dataset)}))
+        return
+    click.echo(f"{'class':16s} {'AP (VOC07 11-pt)':>17s} {'AP (area)':>10s} {'objects':>8s}")
+    for name, v in result.per_class.items():
+        click.echo(f"{name:16s} {v['ap07']:17.4f} {v['ap']:10.4f} {v['positives']:8d}")
+    click.echo(f"{'mAP':16s} {result.map07:17.4f} {result.map:10.4f}   "
+               f"({len(dataset)} images, {how})")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ class SSDConfig:
     clip: bool = True
     # Channel multiplier for the VGG base and the extras; 1.0 is the seed's network.
     width: float = 1.0
+    # BatchNorm after each VGG conv (ssd.pytorch's vgg(batch_norm=True)); for training
+    # from scratch without a pretrained base. False is the seed's network.
+    batch_norm: bool = False
     # Optional class names for indices 1..C-1 (background excluded).
     class_names: tuple[str, ...] = ()
 

@@ -15,8 +15,6 @@ from .config import SSDConfig
 
 # The seed's VGG16 layout: channels, 'M' max pool 2x2, 'C' the same with ceil_mode.
 VGG_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512)
-# Index in ``vgg`` after which conv4_3 (with its ReLU) is the first source map.
-CONV4_3_END = 23
 
 
 class CheckpointError(ValueError):
@@ -27,7 +25,7 @@ def _channels(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
-def make_vgg(width: float = 1.0) -> nn.ModuleList:
+def make_vgg(width: float = 1.0, batch_norm: bool = False) -> nn.ModuleList:
     layers: list[nn.Module] = []
     in_ch = 3
     for v in VGG_LAYOUT:
@@ -37,7 +35,10 @@ def make_vgg(width: float = 1.0) -> nn.ModuleList:
             layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
         else:
             out = _channels(v, width)
-            layers += [nn.Conv2d(in_ch, out, 3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(in_ch, out, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
             in_ch = out
     fc = _channels(1024, width)
     layers += [
@@ -48,6 +49,16 @@ def make_vgg(width: float = 1.0) -> nn.ModuleList:
         nn.ReLU(inplace=True),
     ]
     return nn.ModuleList(layers)
+
+
+def conv4_3_end(vgg: nn.ModuleList) -> int:
+    """Index in ``vgg`` just after conv4_3's ReLU (23 in the seed's layout): the 10th
+    convolution, then its BatchNorm if any, then its ReLU."""
+    convs = [i for i, m in enumerate(vgg) if isinstance(m, nn.Conv2d)]
+    i = convs[9] + 1
+    while not isinstance(vgg[i], nn.ReLU):
+        i += 1
+    return i + 1
 
 
 def make_extras(cfg: SSDConfig, in_ch: int) -> nn.ModuleList:
@@ -85,8 +96,10 @@ class SSD(nn.Module):
         self.cfg = cfg
         self.validate = validate
         self.num_classes = cfg.num_classes
-        self.vgg = make_vgg(cfg.width)
-        conv4_3 = self.vgg[CONV4_3_END - 2].out_channels
+        self.vgg = make_vgg(cfg.width, cfg.batch_norm)
+        self.conv4_3_end = conv4_3_end(self.vgg)
+        conv4_3 = [m for m in self.vgg[: self.conv4_3_end] if isinstance(m, nn.Conv2d)][-1]
+        conv4_3 = conv4_3.out_channels
         fc7 = self.vgg[-2].out_channels
         self.extras = make_extras(cfg, fc7)
         self.L2Norm = L2Norm(conv4_3, 20.0)
@@ -113,10 +126,10 @@ class SSD(nn.Module):
             checks.require_finite(images.detach(), "images", "pixels")
         B = images.shape[0]
         x = images
-        for layer in self.vgg[:CONV4_3_END]:
+        for layer in self.vgg[: self.conv4_3_end]:
             x = layer(x)
         sources = [self.L2Norm(x)]
-        for layer in self.vgg[CONV4_3_END:]:
+        for layer in self.vgg[self.conv4_3_end:]:
             x = layer(x)
         sources.append(x)
         for i, layer in enumerate(self.extras):

@@ -22,7 +22,8 @@ def test_ssd300_voc_is_the_seeds_config():
 
 
 @pytest.mark.parametrize("name,classes,priors", [
-    ("ssd300-voc", 21, 8732), ("ssd300-coco", 81, 8732), ("ssd512-voc", 21, 24564)])
+    ("ssd300-voc", 21, 8732), ("ssd300-coco", 81, 8732), ("ssd512-voc", 21, 24564),
+    ("ssd-shapes", 4, 760)])
 def test_presets(name, classes, priors):
     cfg = ssdonnx.get_config(name)
     assert cfg.num_classes == classes and cfg.num_priors == priors

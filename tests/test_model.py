@@ -158,3 +158,16 @@ def test_preprocess_matches_the_seed_transform():
     torch.testing.assert_close(preprocess(flat)[0], torch.full((300, 300), 200 - 123.0))
     with pytest.raises(ValueError, match="image: expected an HWC array with 3 channels"):
         preprocess(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_slim_batch_norm_variant_keeps_the_layout():
+    cfg = ssdonnx.get_config("ssd-shapes")
+    net = SSD(cfg).eval()
+    assert cfg.batch_norm and cfg.width == 0.25
+    # conv4_3 is still the first source: after its BatchNorm and ReLU.
+    assert isinstance(net.vgg[net.conv4_3_end - 1], torch.nn.ReLU)
+    assert isinstance(net.vgg[net.conv4_3_end - 2], torch.nn.BatchNorm2d)
+    assert net.L2Norm.weight.shape == (128,)
+    with torch.no_grad():
+        loc, conf = net(torch.zeros(2, 3, 96, 96))
+    assert loc.shape == (2, cfg.num_priors, 4) and conf.shape == (2, cfg.num_priors, 4)

@@ -1,0 +1,140 @@
+"""Pascal VOC data (the seed's format) and a collate function that pads targets.
+
+Layout under ``root``: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` and
+``ImageSets/Main/<image_set>.txt`` (one id per line). Targets are ``[n, 5]`` rows
+(x1, y1, x2, y2, label) normalised to [0, 1] as the seed does: (pixel - 1) / size.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .matching import pad_targets
+from .transforms import preprocess
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+               "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
+               "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+class AnnotationError(ValueError):
+    """A VOC annotation file that cannot be read."""
+
+
+def parse_annotation(path, classes, keep_difficult: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """One VOC XML file -> (targets float32 [n, 5] normalised, difficult bool [n],
+    (width, height)). Difficult objects are dropped unless ``keep_difficult``."""
+    try:
+        root = ET.parse(path).getroot()
+        width = int(root.find("size/width").text)
+        height = int(root.find("size/height").text)
+    except (ET.ParseError, AttributeError, TypeError, ValueError, OSError) as exc:
+        raise AnnotationError(f"{path}: not a VOC annotation ({exc})") from None
+    rows, flags = [], []
+    for i, obj in enumerate(root.iter("object")):
+        difficult = obj.find("difficult")
+        is_difficult = difficult is not None and int(difficult.text) == 1
+        if is_difficult and not keep_difficult:
+            continue
+        name = obj.find("name").text.strip()
+        if name not in classes:
+            raise AnnotationError(f"{path}: object {i} has class {name!r}, not one of "
+                                  f"the {len(classes)} classes")
+        box = obj.find("bndbox")
+        try:
+            # VOC pixels are 1-based; the seed subtracts 1 and divides by the size.
+            x1, y1, x2, y2 = (int(float(box.find(k).text)) - 1
+                              for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise AnnotationError(f"{path}: object {i} has no valid bndbox") from None
+        rows.append([x1 / width, y1 / height, x2 / width, y2 / height,
+                     classes.index(name)])
+        flags.append(is_difficult)
+    return (np.array(rows, dtype=np.float32).reshape(-1, 5), np.array(flags, dtype=bool),
+            (width, height))
+
+
+class VOCDataset(torch.utils.data.Dataset):
+    """Pascal VOC images and annotations: item -> (image [3, S, S], targets [n, 5]).
+
+    ``augment``, if given, is called as ``augment(rgb_array, targets) -> (array, targets)``
+    on the HWC uint8 image and normalised targets before pre-processing.
+    """
+
+    def __init__(self, root, image_set: str = "trainval", classes=VOC_CLASSES,
+                 size: int = 300, keep_difficult: bool = False, augment=None):
+        self.root = Path(root)
+        self.classes = tuple(classes)
+        self.size = size
+        self.keep_difficult = keep_difficult
+        self.augment = augment
+        list_file = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
+        if not list_file.is_file():
+            raise FileNotFoundError(f"{list_file}: no such image set in {self.root}")
+        self.ids = [line.strip() for line in list_file.read_text().splitlines()
+                    if line.strip()]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def annotation(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+        return parse_annotation(self.root / "Annotations" / f"{self.ids[index]}.xml",
+                                self.classes, self.keep_difficult)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        with Image.open(self.root / "JPEGImages" / f"{self.ids[index]}.jpg") as im:
+            image = np.asarray(im.convert("RGB"))
+        targets, _, _ = self.annotation(index)
+        if self.augment is not None:
+            image, targets = self.augment(image, targets)
+        return preprocess(image, self.size), torch.from_numpy(targets)
+
+
+def collate(batch) -> tuple[Tensor, Tensor]:
+    """[(image, targets [n_i, 5])] -> (images [B, 3, S, S], targets [B, G, 5] padded)."""
+    images, targets = zip(*batch)
+    return torch.stack(images), pad_targets(list(targets))
+
+
+class Augment:
+    """Simple photometric and geometric augmentation for training: brightness and
+    contrast jitter, horizontal flip, and a random crop keeping every box centre."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image: np.ndarray, targets: np.ndarray):
+        rng = self.rng
+        x = image.astype(np.float32)
+        x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() + rng.uniform(-30, 30)
+        image = x.clip(0, 255).astype(np.uint8)
+        targets = targets.copy()
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+            targets[:, [0, 2]] = 1 - targets[:, [2, 0]]
+        if rng.random() < 0.5:
+            image, targets = self._crop(image, targets)
+        return np.ascontiguousarray(image), targets
+
+    def _crop(self, image, targets):
+        H, W = image.shape[:2]
+        scale = self.rng.uniform(0.6, 1.0)
+        w, h = int(W * scale), int(H * scale)
+        x0, y0 = int(self.rng.integers(0, W - w + 1)), int(self.rng.integers(0, H - h + 1))
+        boxes = targets[:, :4] * [W, H, W, H]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = ((centres >= [x0, y0]) & (centres < [x0 + w, y0 + h])).all(1)
+        if len(targets) and not inside.all():
+            return image, targets          # keep every object whole-ish: no crop
+        boxes = (boxes - [x0, y0, x0, y0]).clip(0, [w, h, w, h])
+        cropped = targets.copy()
+        cropped[:, :4] = boxes / [w, h, w, h]
+        keep = (cropped[:, 2] > cropped[:, 0]) & (cropped[:, 3] > cropped[:, 1])
+        return image[y0:y0 + h, x0:x0 + w], cropped[keep]

@@ -1,0 +1,100 @@
+"""VOC mAP@0.5 of a detector on a VOC-layout data set: VOC2007 11-point and area AP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import VOCDataset
+
+IOU_THRESHOLD = 0.5
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, eleven_point: bool) -> float:
+    """AP from a precision/recall curve: VOC2007's 11-point interpolation, or the area
+    under the monotone precision envelope (VOC2010 and later)."""
+    if eleven_point:
+        return float(np.mean([precision[recall >= t].max(initial=0.0)
+                              for t in np.arange(0.0, 1.1, 0.1)]))
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    changes = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod((rb - lt).clip(min=0), axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
+
+
+@dataclass
+class MeanAP:
+    per_class: dict          # class name -> {"ap07": float, "ap": float, "positives": int}
+    map07: float
+    map: float
+
+
+def voc_map(detections, truths, class_names) -> MeanAP:
+    """detections: per image, array [k, 6] (x1, y1, x2, y2, score, class 1..C-1);
+    truths: per image, (targets [n, 5] with labels 0..C-2, difficult bool [n]).
+    Boxes normalised; a detection matches an unmatched truth of its class with IoU >=
+    0.5 (the best one); matches to difficult truths count neither way, as in VOC."""
+    per_class = {}
+    for c, name in enumerate(class_names, start=1):
+        scores, image_ids, boxes = [], [], []
+        for i, det in enumerate(detections):
+            mine = det[det[:, 5] == c]
+            scores += mine[:, 4].tolist()
+            image_ids += [i] * len(mine)
+            boxes += list(mine[:, :4])
+        gts = [(t[t[:, 4] == c - 1, :4], d[t[:, 4] == c - 1]) for t, d in truths]
+        positives = int(sum((~d).sum() for _, d in gts))
+        used = [np.zeros(len(g), bool) for g, _ in gts]
+        tp, fp = [], []
+        for k in np.argsort(-np.array(scores), kind="stable"):
+            g, difficult = gts[image_ids[k]]
+            hit, j = False, -1
+            if len(g):
+                ious = _iou(np.asarray(boxes[k]), g)
+                j = int(ious.argmax())
+                hit = ious[j] >= IOU_THRESHOLD
+            if hit and difficult[j]:
+                continue
+            if hit and not used[image_ids[k]][j]:
+                used[image_ids[k]][j] = True
+                tp.append(1), fp.append(0)
+            else:
+                tp.append(0), fp.append(1)
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        recall = tp / max(positives, 1)
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        per_class[name] = {"ap07": average_precision(recall, precision, True),
+                           "ap": average_precision(recall, precision, False),
+                           "positives": positives}
+    scored = [v for v in per_class.values() if v["positives"] > 0]
+    return MeanAP(per_class, float(np.mean([v["ap07"] for v in scored])) if scored else 0.0,
+                  float(np.mean([v["ap"] for v in scored])) if scored else 0.0)
+
+
+def run_detector(predict, dataset: VOCDataset, batch: int = 16, progress=None):
+    """Detections of ``predict(images [B, 3, S, S]) -> (detections, num)`` on every
+    image of ``dataset``, and the data set's truths (difficult objects kept, flagged)."""
+    detections, truths = [], []
+    for start in range(0, len(dataset), batch):
+        idx = range(start, min(start + batch, len(dataset)))
+        images = torch.stack([dataset[i][0] for i in idx])
+        dets, num = predict(images)
+        dets, num = np.asarray(dets), np.asarray(num)
+        for j, i in enumerate(idx):
+            detections.append(dets[j, : int(num[j])])
+            targets, difficult, _ = dataset.annotation(i)
+            truths.append((targets, difficult))
+        if progress:
+            progress(len(idx))
+    return detections, truths

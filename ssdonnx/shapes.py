@@ -1,0 +1,93 @@
+"""A seeded synthetic detection dataset: circles, squares and triangles of random colour,
+size and position, some overlapping, on noisy backgrounds; written in the VOC layout so
+that training and evaluation read it through ``VOCDataset``, as they would real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPE_CLASSES = ("circle", "square", "triangle")
+IMAGE_SIZE = (160, 120)        # width, height: not square, so the resize is exercised
+SIZE_RANGE = (18, 64)          # object side in pixels
+MAX_OBJECTS = 4
+MAX_OVERLAP = 0.3              # IoU between two objects of one image at most this
+
+
+def _iou(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def make_image(rng: np.random.Generator):
+    """One picture and its objects [(class name, (x1, y1, x2, y2) pixels, exclusive)]."""
+    W, H = IMAGE_SIZE
+    base = rng.integers(40, 216, 3)
+    noise = rng.normal(0, rng.uniform(5, 30), (H, W, 3))
+    image = Image.fromarray((base + noise).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    objects = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        for _attempt in range(20):
+            side = int(rng.integers(*SIZE_RANGE))
+            x1, y1 = int(rng.integers(0, W - side + 1)), int(rng.integers(0, H - side + 1))
+            box = (x1, y1, x1 + side, y1 + side)
+            if all(_iou(box, b) <= MAX_OVERLAP for _, b in objects):
+                break
+        else:
+            continue
+        name = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        while np.abs(np.array(colour) - base).sum() < 150:   # visible on the background
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x2, y2 = box[2] - 1, box[3] - 1
+        if name == "circle":
+            draw.ellipse([x1, y1, x2, y2], fill=colour)
+        elif name == "square":
+            draw.rectangle([x1, y1, x2, y2], fill=colour)
+        else:
+            draw.polygon([(x1, y2), ((x1 + x2) / 2, y1), (x2, y2)], fill=colour)
+        objects.append((name, box))
+    return image, objects
+
+
+def annotation_xml(filename: str, size, objects) -> str:
+    W, H = size
+    parts = [f"<annotation><filename>{filename}</filename><size><width>{W}</width>"
+             f"<height>{H}</height><depth>3</depth></size>"]
+    for name, (x1, y1, x2, y2) in objects:
+        # VOC: 1-based inclusive pixel coordinates.
+        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox>"
+                     f"<xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin><xmax>{x2}</xmax>"
+                     f"<ymax>{y2}</ymax></bndbox></object>")
+    parts.append("</annotation>\n")
+    return "".join(parts)
+
+
+def write_shapes(out, train: int, val: int, seed: int = 0, progress=None) -> Path:
+    """Write ``train`` + ``val`` images in the VOC layout under ``out``."""
+    out = Path(out)
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = {"train": [], "val": []}
+    for i in range(train + val):
+        split = "train" if i < train else "val"
+        image_id = f"{split}_{i:06d}"
+        image, objects = make_image(rng)
+        image.save(out / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        (out / "Annotations" / f"{image_id}.xml").write_text(
+            annotation_xml(f"{image_id}.jpg", image.size, objects))
+        ids[split].append(image_id)
+        if progress:
+            progress(1)
+    for split, names in ids.items():
+        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    (out / "ImageSets" / "Main" / "trainval.txt").write_text(
+        "".join(f"{n}\n" for n in ids["train"] + ids["val"]))
+    return out
