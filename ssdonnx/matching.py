@@ -31,13 +31,13 @@ def pad_targets(targets: Sequence[Tensor], validate: bool = True) -> Tensor:
             raise ValueError(f"targets[{i}]: expected shape [n, 5], got {list(t.shape)}")
     if validate:
         checks.require_same_device(**{f"targets[{i}]": t for i, t in enumerate(targets)})
-    G = max(t.shape[0] for t in targets)
-    ref = targets[0]
-    out = ref.new_zeros(len(targets), G, 5)
-    out[..., 4] = -1
-    for i, t in enumerate(targets):
-        out[i, : t.shape[0]] = t.to(ref.dtype)
-    return out
+    dtype = targets[0].dtype
+    padded = torch.nn.utils.rnn.pad_sequence([t.to(dtype) for t in targets],
+                                             batch_first=True)               # [B, G, 5]
+    lengths = torch.tensor([t.shape[0] for t in targets], device=padded.device)
+    is_padding = torch.arange(padded.shape[1], device=padded.device) >= lengths[:, None]
+    labels = torch.where(is_padding, -1.0, padded[..., 4])
+    return torch.cat([padded[..., :4], labels[..., None].to(dtype)], -1)
 
 
 def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,

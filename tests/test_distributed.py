@@ -1,51 +1,32 @@
 """MultiBoxLoss(normalize="global"): with DDP's gradient averaging over W processes, the
-gradient equals single-process training on the whole batch (2 CPU processes, gloo)."""
+gradient equals single-process training on the whole batch (torchrun, 2 CPU processes,
+gloo)."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import ssdonnx
-from helpers import dbox, random_predictions, random_targets
+from ddp_step import batch
+from helpers import dbox
 
-WORLD = 2
-
-
-def batch():
-    gen = torch.Generator().manual_seed(0)
-    # Uneven positives per half, so per-process normalisation would be wrong.
-    targets = ssdonnx.pad_targets(random_targets(gen, [1, 2, 7, 5]))
-    loc, conf = random_predictions(gen, 4, 8732, 21)
-    return loc, conf, targets
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
 
 
-def worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    loc, conf, targets = batch()
-    half = slice(2 * rank, 2 * rank + 2)
-    loc_r = loc[half].clone().requires_grad_()
-    conf_r = conf[half].clone().requires_grad_()
-    loss_l, loss_c = ssdonnx.MultiBoxLoss(normalize="global")((loc_r, conf_r, dbox()),
-                                                             targets[half])
-    (loss_l + loss_c).backward()
-    grads = torch.zeros(2, *loc.shape[:2], 25)
-    grads[0, half, :, :4] = loc_r.grad
-    grads[0, half, :, 4:] = conf_r.grad
-    dist.all_reduce(grads)                 # what DDP does, then divides by W
-    if rank == 0:
-        torch.save(grads[0] / WORLD, os.path.join(out_dir, "grad.pt"))
-    dist.destroy_process_group()
-
-
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 def test_global_normalisation_matches_single_process(tmp_path):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2",
+                           str(here / "ddp_step.py"), str(tmp_path / "grad.pt")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(tmp_path / "grad.pt")
 
     loc, conf, targets = batch()
