@@ -151,7 +151,6 @@ def extreme_targets(gen, counts):
        scale=st.sampled_from([0.1, 1.0, 30.0]))
 def test_valid_batches_are_finite_and_equal_reference_in_graph_and_eager(exported, seed,
                                                                          counts, scale):
-    from ssdonnx.runtime import Session
 
     gen = torch.Generator().manual_seed(seed)
     targets = extreme_targets(gen, counts)

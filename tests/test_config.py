@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -28,8 +29,8 @@ def test_presets(name, classes, priors):
     cfg = ssdonnx.get_config(name)
     assert cfg.num_classes == classes and cfg.num_priors == priors
     assert ssdonnx.default_boxes(cfg).shape == (priors, 4)
-    with pytest.raises(Exception):
-        cfg.num_classes = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_classes = 3
 
 
 @pytest.mark.parametrize("name", ["ssd300-voc", "ssd300-coco", "ssd512-voc"])

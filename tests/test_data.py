@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from ssdonnx.data import AnnotationError, VOCDataset, collate, parse_annotation
 from ssdonnx.evaluate import average_precision, voc_map
