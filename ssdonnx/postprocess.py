@@ -128,13 +128,24 @@ class DetectionHead(nn.Module):
     """The head alone: (loc [B, P, 4], conf [B, P, C]) -> (detections [B, K, 6],
     num_detections [B]), with the default boxes as a constant."""
 
-    def __init__(self, dbox: Tensor, **thresholds):
+    def __init__(self, dbox: Tensor, conf_thresh: float = CONF_THRESH, top_k: int = TOP_K,
+                 nms_thresh: float = NMS_THRESH, max_detections: int = MAX_DETECTIONS,
+                 variances: tuple[float, float] = (0.1, 0.2)):
         super().__init__()
         self.register_buffer("dbox", dbox, persistent=False)
-        self.thresholds = thresholds
+        self.conf_thresh = conf_thresh
+        self.top_k = top_k
+        self.nms_thresh = nms_thresh
+        self.max_detections = max_detections
+        self.variances = tuple(variances)
+
+    def thresholds(self) -> dict:
+        return dict(conf_thresh=self.conf_thresh, top_k=self.top_k,
+                    nms_thresh=self.nms_thresh, max_detections=self.max_detections)
 
     def forward(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor]:
-        return detect(loc, conf, self.dbox, validate=False, **self.thresholds)
+        return detect(loc, conf, self.dbox, variances=self.variances, validate=False,
+                      **self.thresholds())
 
 
 class SSDDetector(nn.Module):
@@ -147,17 +158,11 @@ class SSDDetector(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.register_buffer("dbox", default_boxes(cfg), persistent=False)
-        self.conf_thresh = conf_thresh
-        self.top_k = top_k
-        self.nms_thresh = nms_thresh
-        self.max_detections = max_detections
+        self.head = DetectionHead(default_boxes(cfg), conf_thresh, top_k, nms_thresh,
+                                  max_detections, cfg.variances)
 
     def thresholds(self) -> dict:
-        return dict(conf_thresh=self.conf_thresh, top_k=self.top_k,
-                    nms_thresh=self.nms_thresh, max_detections=self.max_detections)
+        return self.head.thresholds()
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        loc, conf = self.model(images)
-        return detect(loc, conf, self.dbox, variances=self.cfg.variances, validate=False,
-                      **self.thresholds())
+        return self.head(*self.model(images))
