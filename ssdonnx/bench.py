@@ -52,11 +52,11 @@ def _row(bench, batch, impl, times) -> Timing:
 
 
 def _ratios(rows: list[Timing], baseline: str) -> list[Timing]:
-    for batch in {r.batch for r in rows}:
-        base = [r for r in rows if r.batch == batch and r.impl == baseline]
-        for r in rows:
-            if r.batch == batch and base:
-                r.ratio = base[0].median_ms / r.median_ms
+    """Set each row's ratio against the baseline row of the same bench and batch."""
+    base = {(r.bench, r.batch): r.median_ms for r in rows if r.impl == baseline}
+    for r in rows:
+        if (r.bench, r.batch) in base:
+            r.ratio = base[r.bench, r.batch] / r.median_ms
     return rows
 
 
@@ -113,13 +113,7 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
                     sum(criterion((lv, cv, dbox), targets)).backward()
                 rows.append(_row("loss fwd+bwd", B, "loop reference", measure(ref_step, repeat)))
                 rows.append(_row("loss fwd+bwd", B, "ssdonnx eager", measure(our_step, repeat)))
-    return _ratios_by_bench(rows, "loop reference")
-
-
-def _ratios_by_bench(rows, baseline):
-    for bench in {r.bench for r in rows}:
-        _ratios([r for r in rows if r.bench == bench], baseline)
-    return rows
+    return _ratios(rows, "loop reference")
 
 
 def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",

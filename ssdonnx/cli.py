@@ -109,8 +109,6 @@ def export(kind, config, weights, output, opset, force, no_verify):
     for p in paths:
         if p.exists() and not force:
             raise InputError(f"{p} exists; pass --force to overwrite it")
-    if weights is not None and not Path(weights).is_file():
-        raise InputError(f"checkpoint {weights!r}: no such file")
     failed = []
     for k, path in zip(kinds, paths):
         with _status(f"exporting {k} for {cfg.name} (opset {opset})"):

@@ -88,9 +88,13 @@ class VOCDataset(torch.utils.data.Dataset):
         return parse_annotation(self.root / "Annotations" / f"{self.ids[index]}.xml",
                                 self.classes, self.keep_difficult)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def image(self, index: int) -> np.ndarray:
+        """The RGB picture, HWC uint8, as stored."""
         with Image.open(self.root / "JPEGImages" / f"{self.ids[index]}.jpg") as im:
-            image = np.asarray(im.convert("RGB"))
+            return np.asarray(im.convert("RGB"))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.image(index)
         targets, _, _ = self.annotation(index)
         if self.augment is not None:
             image, targets = self.augment(image, targets)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .data import VOCDataset
+from .transforms import preprocess
 
 IOU_THRESHOLD = 0.5
 
@@ -88,7 +89,8 @@ def run_detector(predict, dataset: VOCDataset, batch: int = 16, progress=None):
     detections, truths = [], []
     for start in range(0, len(dataset), batch):
         idx = range(start, min(start + batch, len(dataset)))
-        images = torch.stack([dataset[i][0] for i in idx])
+        # Pictures and annotations read once each (dataset[i] would parse the XML again).
+        images = torch.stack([preprocess(dataset.image(i), dataset.size) for i in idx])
         dets, num = predict(images)
         dets, num = np.asarray(dets), np.asarray(num)
         for j, i in enumerate(idx):

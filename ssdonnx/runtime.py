@@ -71,7 +71,7 @@ class Session:
                 self.session = _cuda_session(path, opts, probe=True)
                 self.note = "auto: CUDAExecutionProvider loaded"
             except ProviderError as exc:
-                self.session = ort.InferenceSession(path, _options(threads),
+                self.session = ort.InferenceSession(path, opts,
                                                     providers=["CPUExecutionProvider"])
                 self.note = f"auto: using CPU ({exc})"
         self.provider = "cuda" if self.session.get_providers()[0] == PROVIDERS["cuda"] else "cpu"
@@ -92,8 +92,9 @@ class Session:
 
     def _run_bound(self, inputs) -> dict:
         binding = self.session.io_binding()
-        for name in self.input_names:
-            t = inputs[name].contiguous()
+        # IOBinding keeps raw pointers: hold the contiguous tensors until the run is over.
+        bound = {name: inputs[name].contiguous() for name in self.input_names}
+        for name, t in bound.items():
             binding.bind_input(name, "cuda", t.device.index or 0,
                                _NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
         device_id = next(iter(inputs.values())).device.index or 0
