@@ -91,13 +91,18 @@ def multibox_loss(loc: Tensor, conf: Tensor, dbox: Tensor, targets: Tensor,
     # SoftmaxCrossEntropyLoss, which onnxruntime cannot run on CUDA).
     ce = -F.log_softmax(conf, dim=2).gather(2, conf_t[..., None]).squeeze(2)  # [B, P]
 
-    # Hard negative mining: rank each image's background losses (positives count as 0,
-    # as in the seed) and keep the neg_pos * num_pos highest. The argsort of the
-    # descending argsort is each box's rank, so the selection is a mask, not a gather.
+    # Hard negative mining: keep each image's neg_pos * num_pos highest background losses
+    # (positives count as 0, as in the seed). One sort gives the k-th highest loss; boxes
+    # above it are negatives, and of those equal to it the first by index fill the places
+    # left. Masks throughout, no gather of a data-dependent size.
     mining = torch.where(pos, 0.0, ce.detach())
-    rank = mining.argsort(1, descending=True).argsort(1)                      # [B, P]
-    num_neg = (num_pos * neg_pos).clamp(max=P)                                # [B]
-    neg = rank < num_neg[:, None]
+    num_neg = (num_pos * neg_pos).clamp(max=P)[:, None]                       # [B, 1]
+    ranked = mining.sort(1, descending=True).values                           # [B, P]
+    kth = ranked.gather(1, (num_neg - 1).clamp(min=0))                        # [B, 1]
+    above = mining > kth
+    tied = mining == kth
+    places = num_neg - above.sum(1, keepdim=True)                             # [B, 1]
+    neg = above | (tied & (tied.cumsum(1) <= places))
     loss_c = torch.where(pos | neg, ce, 0.0).sum()
 
     # N = 0 means no positives and no mined negatives: both sums are 0, and so the losses.

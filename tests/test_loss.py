@@ -96,6 +96,26 @@ def test_half_precision_inputs_compute_in_float32(dtype):
         torch.testing.assert_close(h, f, rtol=tol, atol=tol)
 
 
+def test_tied_background_losses_mine_the_first_boxes_by_index():
+    # All-zero logits (an untrained head with zero bias): every background loss is
+    # log(C), so the seed's choice among them is up to its sort. The value cannot depend
+    # on it; ssdonnx picks the first boxes by index, so its gradient is deterministic.
+    gen = torch.Generator().manual_seed(8)
+    targets = random_targets(gen, [2, 5])
+    loc = torch.randn(2, 8732, 4, generator=gen)
+    conf = torch.zeros(2, 8732, 21, requires_grad=True)
+    ours = ssdonnx.MultiBoxLoss()((loc, conf, dbox()), targets)
+    ref = multibox_loss_reference(loc, conf.detach(), dbox(), targets)
+    torch.testing.assert_close(ours[1], ref[1], rtol=RTOL, atol=0)
+    ours[1].backward()
+    _, conf_t = ssdonnx.match(ssdonnx.pad_targets(targets)[..., :4],
+                              ssdonnx.pad_targets(targets)[..., 4], dbox())
+    pos = conf_t > 0
+    background = (~pos).long().cumsum(1)
+    expected_neg = ~pos & (background <= 3 * pos.sum(1, keepdim=True))
+    assert ((conf.grad != 0).any(2) == (pos | expected_neg)).all()
+
+
 def test_confident_network_stays_finite():
     # Large logits: the cross-entropy of well-classified boxes underflows to 0.
     gen = torch.Generator().manual_seed(7)
