@@ -9,6 +9,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -82,11 +83,21 @@ def _loss_inputs(cfg, B, gen, max_objects=8):
     return batch["loc"], batch["conf"], targets
 
 
+def _loss_step(loss_fn, loc, conf, dbox, targets):
+    """Forward and backward of ``loss_fn(loc, conf, dbox, targets)`` on fresh leaves."""
+    loc, conf = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+    sum(loss_fn(loc, conf, dbox, targets)).backward()
+
+
 def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto",
                backward=True, progress=print) -> list[Timing]:
     cfg = get_config(config)
     dbox = default_boxes(cfg)
     criterion = MultiBoxLoss(num_classes=cfg.num_classes)
+
+    def ours(loc, conf, dbox, targets):
+        return criterion((loc, conf, dbox), targets)
+    seed = reference.multibox_loss_reference
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_graph("loss", cfg, Path(tmp) / "loss.onnx")
@@ -94,25 +105,17 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
         for B in batches:
             gen = torch.Generator().manual_seed(B)
             loc, conf, targets = _loss_inputs(cfg, B, gen)
-            padded = pad_targets(targets)
+            args = (loc, conf, dbox, targets)
+            feeds = dict(loc=loc.numpy(), conf=conf.numpy(), targets=pad_targets(targets).numpy())
             progress(f"loss B={B}")
-            rows.append(_row("loss forward", B, "loop reference", measure(
-                lambda: reference.multibox_loss_reference(loc, conf, dbox, targets), repeat)))
-            rows.append(_row("loss forward", B, "ssdonnx eager", measure(
-                lambda: criterion((loc, conf, dbox), targets), repeat)))
-            feeds = dict(loc=loc.numpy(), conf=conf.numpy(), targets=padded.numpy())
-            rows.append(_row("loss forward", B, f"onnxruntime {sess.provider}", measure(
-                lambda: sess.run(**feeds), repeat)))
+            for impl, fn in [("loop reference", partial(seed, *args)),
+                             ("ssdonnx eager", partial(ours, *args)),
+                             (f"onnxruntime {sess.provider}", partial(sess.run, **feeds))]:
+                rows.append(_row("loss forward", B, impl, measure(fn, repeat)))
             if backward:
-                def ref_step():
-                    lv, cv = loc.clone().requires_grad_(), conf.clone().requires_grad_()
-                    sum(reference.multibox_loss_reference(lv, cv, dbox, targets)).backward()
-
-                def our_step():
-                    lv, cv = loc.clone().requires_grad_(), conf.clone().requires_grad_()
-                    sum(criterion((lv, cv, dbox), targets)).backward()
-                rows.append(_row("loss fwd+bwd", B, "loop reference", measure(ref_step, repeat)))
-                rows.append(_row("loss fwd+bwd", B, "ssdonnx eager", measure(our_step, repeat)))
+                for impl, loss_fn in [("loop reference", seed), ("ssdonnx eager", ours)]:
+                    rows.append(_row("loss fwd+bwd", B, impl,
+                                     measure(partial(_loss_step, loss_fn, *args), repeat)))
     return _ratios(rows, "loop reference")
 
 
@@ -138,14 +141,22 @@ def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
             loc, conf = realistic_logits(torch.Generator().manual_seed(b), b, cfg.num_priors,
                                          cfg.num_classes)
             progress(f"head B={b}")
-            rows.append(_row("detection head", b, "loop reference", measure(
-                lambda: reference.detect_reference(loc, conf, dbox), repeat)))
-            rows.append(_row("detection head", b, "ssdonnx eager", measure(
-                lambda: head(loc, conf), repeat)))
-            feeds = dict(loc=loc.numpy(), conf=conf.numpy())
-            rows.append(_row("detection head", b, f"onnxruntime {sess.provider}", measure(
-                lambda: sess.run(**feeds), repeat)))
+            for impl, fn in [
+                    ("loop reference", partial(reference.detect_reference, loc, conf, dbox)),
+                    ("ssdonnx eager", partial(head, loc, conf)),
+                    (f"onnxruntime {sess.provider}",
+                     partial(sess.run, loc=loc.numpy(), conf=conf.numpy()))]:
+                rows.append(_row("detection head", b, impl, measure(fn, repeat)))
     return _ratios(rows, "loop reference")
+
+
+@torch.no_grad()
+def _eager(module, *inputs):
+    """Run a module and wait for its device, so that a timing covers the work."""
+    out = module(*inputs)
+    if inputs[0].is_cuda:
+        torch.cuda.synchronize()
+    return out
 
 
 def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
@@ -161,19 +172,10 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
             images = example_inputs("detector", cfg, b, seed=b)["images"]
             progress(f"detector B={b}")
             for device in devices:
-                det = detector.to(device)
-                x = images.to(device)
-
-                def eager():
-                    with torch.no_grad():
-                        out = det(x)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                    return out
-                rows.append(_row("detector", b, f"pytorch eager {device}",
-                                 measure(eager, repeat)))
+                rows.append(_row("detector", b, f"pytorch eager {device}", measure(
+                    partial(_eager, detector.to(device), images.to(device)), repeat)))
             rows.append(_row("detector", b, f"onnxruntime {sess.provider}", measure(
-                lambda: sess.run(images=images), repeat)))
+                partial(sess.run, images=images), repeat)))
     return _ratios(rows, "pytorch eager cpu")
 
 

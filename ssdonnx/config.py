@@ -94,7 +94,7 @@ class SSDConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> "SSDConfig":
+    def from_dict(cls, data: dict, source: str = "<dict>") -> SSDConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a config must be a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
