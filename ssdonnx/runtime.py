@@ -51,7 +51,8 @@ class Session:
     provider: ``cpu``, ``cuda`` (a clear error unless CUDAExecutionProvider is the
     session's first provider) or ``auto`` (CUDA when it truly loads, else CPU; ``note``
     says which and why). ``run`` takes NumPy arrays or torch tensors; tensors already on
-    a CUDA device go through IOBinding and the outputs come back as CUDA tensors.
+    a CUDA device go through IOBinding (``run_torch``) and the outputs come back as CUDA
+    tensors.
     """
 
     def __init__(self, path, provider: str = "auto", threads: int | None = None,
@@ -79,35 +80,56 @@ class Session:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, **inputs):
-        """Run on named inputs; returns a dict of outputs (NumPy, or CUDA tensors)."""
-        missing = sorted(set(self.input_names) - set(inputs))
-        if missing:
-            raise ValueError(f"missing inputs {missing}; the graph takes {self.input_names}")
+        """Run on named inputs; returns a dict of outputs (NumPy, or CUDA tensors).
+
+        Torch tensors that are all on the CUDA device of a CUDA session go through
+        ``run_torch`` (no host round trip); anything else is fed as NumPy.
+        """
+        self._check_names(inputs)
         on_cuda = [isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values()]
         if self.provider == "cuda" and all(on_cuda):
-            return self._run_bound(inputs)
+            return self.run_torch(**inputs)
         feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                  for k, v in inputs.items() if k in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
-    def _run_bound(self, inputs) -> dict:
+    def run_torch(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run on torch tensors through IOBinding; outputs are tensors on the same device.
+
+        The session reads the inputs' memory and writes its outputs in place on that
+        device (for a CUDA session, CUDA tensors), so nothing is copied to or from the
+        host. All inputs must be on one device.
+        """
+        self._check_names(inputs)
+        tensors = [inputs[name] for name in self.input_names]
+        devices = {t.device for t in tensors}
+        if len(devices) != 1:
+            raise ValueError("run_torch: inputs are on several devices "
+                             f"{sorted(map(str, devices))}")
+        device = devices.pop()
+        if device.type != self.provider:
+            raise ValueError(f"run_torch: inputs are on {device}, the session runs on "
+                             f"{self.provider}")
         binding = self.session.io_binding()
         # IOBinding keeps raw pointers: hold the contiguous tensors until the run is over.
-        bound = {name: inputs[name].contiguous() for name in self.input_names}
+        bound = {name: t.detach().contiguous() for name, t in zip(self.input_names, tensors)}
         for name, t in bound.items():
-            binding.bind_input(name, "cuda", t.device.index or 0,
-                               _NP_DTYPES[t.dtype], list(t.shape), t.data_ptr())
-        device_id = next(iter(inputs.values())).device.index or 0
+            if t.dtype not in _NP_DTYPES:
+                raise ValueError(f"{name}: dtype {t.dtype} cannot be bound; expected one of "
+                                 f"{sorted(map(str, _NP_DTYPES))}")
+            binding.bind_input(name, device.type, device.index or 0, _NP_DTYPES[t.dtype],
+                               list(t.shape), t.data_ptr())
         for name in self.output_names:
-            binding.bind_output(name, "cuda", device_id)
+            binding.bind_output(name, device.type, device.index or 0)
         self.session.run_with_iobinding(binding)
-        device = torch.device("cuda", device_id)
+        # DLPack hands each output's memory to torch without a copy.
+        return {name: torch.from_dlpack(value)
+                for name, value in zip(self.output_names, binding.get_outputs())}
 
-        def to_torch(value):
-            if hasattr(value, "to_dlpack"):   # zero-copy where this onnxruntime offers it
-                return torch.from_dlpack(value.to_dlpack())
-            return torch.as_tensor(value.numpy(), device=device)
-        return {name: to_torch(o) for name, o in zip(self.output_names, binding.get_outputs())}
+    def _check_names(self, inputs) -> None:
+        missing = sorted(set(self.input_names) - set(inputs))
+        if missing:
+            raise ValueError(f"missing inputs {missing}; the graph takes {self.input_names}")
 
     def end_profiling(self) -> str:
         return self.session.end_profiling()

@@ -1,3 +1,4 @@
+import gc
 
 import numpy as np
 import onnxruntime as ort
@@ -29,6 +30,53 @@ def test_missing_inputs_are_named(exported):
     s = Session(exported["loss"], "cpu")
     with pytest.raises(ValueError, match=r"missing inputs \['targets'\]"):
         s.run(loc=np.zeros((1, 8732, 4), np.float32), conf=np.zeros((1, 8732, 21), np.float32))
+
+
+def loss_inputs(B=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # conf as a transposed view: run_torch must bind a contiguous copy, not the view.
+    conf = torch.randn(B, 21, 8732, generator=gen).transpose(1, 2)
+    loc = torch.randn(B, 8732, 4, generator=gen)
+    targets = torch.tensor([[[0.1, 0.1, 0.4, 0.4, 1.0]], [[0.2, 0.3, 0.5, 0.9, 4.0]]])[:B]
+    return dict(loc=loc, conf=conf, targets=targets)
+
+
+def test_run_torch_binds_tensors_and_returns_tensors(exported):
+    # The IOBinding path of CUDA sessions, exercised on the CPU provider.
+    s = Session(exported["loss"], "cpu")
+    inputs = loss_inputs()
+    assert not inputs["conf"].is_contiguous()
+    out = s.run_torch(**inputs)
+    ref = s.run(**{k: v.numpy() for k, v in inputs.items()})
+    assert set(out) == {"loss_l", "loss_c"}
+    for name, value in out.items():
+        assert isinstance(value, torch.Tensor) and value.device.type == "cpu"
+        np.testing.assert_array_equal(value.numpy(), ref[name])
+
+
+def test_run_torch_outputs_outlive_the_binding(exported):
+    s = Session(exported["detector"], "cpu")
+    images = torch.rand(2, 3, 300, 300, generator=torch.Generator().manual_seed(1))
+    out = s.run_torch(images=images)
+    expected = {k: v.clone() for k, v in out.items()}
+    gc.collect()
+    s.run_torch(images=torch.rand(2, 3, 300, 300))   # reuses freed memory, if any was freed
+    for name, value in out.items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
+def test_run_torch_refuses_what_it_cannot_bind(exported):
+    s = Session(exported["loss"], "cpu")
+    inputs = loss_inputs()
+    with pytest.raises(ValueError, match=r"loc: dtype torch.float64 cannot be bound"):
+        s.run_torch(**{**inputs, "loc": inputs["loc"].double()})
+    with pytest.raises(ValueError, match=r"several devices \['cpu', 'meta'\]"):
+        s.run_torch(**{**inputs, "loc": inputs["loc"].to("meta")})
+    meta = {k: v.to("meta") for k, v in inputs.items()}
+    with pytest.raises(ValueError, match="inputs are on meta, the session runs on cpu"):
+        s.run_torch(**meta)
+    with pytest.raises(ValueError, match=r"missing inputs \['targets'\]"):
+        s.run_torch(loc=inputs["loc"], conf=inputs["conf"])
 
 
 @cuda
