@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -17,19 +16,20 @@ SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Reshape",
              "Equal", "Where", "Mul", "Add", "Sub", "Div", "Max", "Min"}
 
 
+# The profiled run uses a batch of 9: every tensor that carries per-image data then has
+# more than SHAPE_MAX_SIZE elements and cannot pass for shape arithmetic.
+PROFILE_BATCH, PROFILE_OBJECTS = 9, 3
+SHAPE_MAX_SIZE = 8
+
+
 def node_providers(path, provider: str = "cuda") -> list[dict]:
     """Run the graph once with profiling on; one dict per executed node: name, op_type,
     provider and output shapes, as onnxruntime's profile reports them."""
     info = read_info(path)
     with tempfile.TemporaryDirectory() as tmp:
-        cwd = os.getcwd()
-        os.chdir(tmp)   # the profile file is written to the working directory
-        try:
-            sess = Session(path, provider, profile=True)
-            sess.run(**example_inputs(info.kind, info.config, 2, 3))
-            profile = Path(sess.end_profiling()).read_text()
-        finally:
-            os.chdir(cwd)
+        sess = Session(path, provider, profile=Path(tmp) / "placement")
+        sess.run(**example_inputs(info.kind, info.config, PROFILE_BATCH, PROFILE_OBJECTS))
+        profile = Path(sess.end_profiling()).read_text()
     nodes = {}
     for event in json.loads(profile):
         args = event.get("args", {})
@@ -50,12 +50,13 @@ def _is_shape_work(node: dict) -> bool:
             size = 1
             for d in shape:
                 size *= d
-            if dtype != "int64" or size > 8:
+            if dtype != "int64" or size > SHAPE_MAX_SIZE:
                 return False
     return True
 
 
-def cpu_compute_nodes(path) -> list[dict]:
-    """Nodes placed on CPUExecutionProvider in a CUDA session, shape-only work aside."""
-    return [n for n in node_providers(path, "cuda")
+def cpu_compute_nodes(path, provider: str = "cuda") -> list[dict]:
+    """Nodes placed on CPUExecutionProvider in a session asked for ``provider`` (CUDA),
+    shape-only work aside."""
+    return [n for n in node_providers(path, provider)
             if n["provider"] == "CPUExecutionProvider" and not _is_shape_work(n)]

@@ -56,12 +56,14 @@ class Session:
     """
 
     def __init__(self, path, provider: str = "auto", threads: int | None = None,
-                 profile: bool = False):
+                 profile: str | Path | None = None):
         if provider not in ("auto", "cpu", "cuda"):
             raise ValueError(f"provider: expected auto, cpu or cuda, got {provider!r}")
         path = str(Path(path))
         opts = _options(threads)
-        opts.enable_profiling = profile
+        if profile is not None:   # onnxruntime writes <profile>_<timestamp>.json
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(profile)
         self.note = ""
         if provider == "cpu":
             self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

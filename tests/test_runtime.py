@@ -1,4 +1,6 @@
 import gc
+import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -77,6 +79,25 @@ def test_run_torch_refuses_what_it_cannot_bind(exported):
         s.run_torch(**meta)
     with pytest.raises(ValueError, match=r"missing inputs \['targets'\]"):
         s.run_torch(loc=inputs["loc"], conf=inputs["conf"])
+
+
+def test_placement_reads_onnxruntime_profile_and_flags_cpu_compute(exported, monkeypatch,
+                                                                     tmp_path):
+    # The CUDA placement check's machinery, on the CPU provider: everything runs on the
+    # CPU there, so every compute node must be reported and only shape arithmetic spared.
+    from ssdonnx.placement import cpu_compute_nodes, node_providers
+
+    monkeypatch.chdir(tmp_path)          # a relative path must work, and leave no profile
+    rel = Path(os.path.relpath(exported["loss"], tmp_path))
+    nodes = node_providers(rel, "cpu")
+    assert {n["provider"] for n in nodes} == {"CPUExecutionProvider"}
+    flagged = cpu_compute_nodes(rel, "cpu")
+    ops = {n["op_type"] for n in flagged}
+    assert {"LogSoftmax", "TopK", "CumSum", "ArgMax", "ScatterElements"} <= ops
+    spared = [n for n in nodes if n not in flagged]   # Shape, Concat of shapes, ...
+    assert spared and all(set(dtype for out in n["outputs"] for dtype in out) == {"int64"}
+                          for n in spared)
+    assert list(tmp_path.iterdir()) == []
 
 
 @cuda
