@@ -58,5 +58,23 @@ def _is_shape_work(node: dict) -> bool:
 def cpu_compute_nodes(path, provider: str = "cuda") -> list[dict]:
     """Nodes placed on CPUExecutionProvider in a session asked for ``provider`` (CUDA),
     shape-only work aside."""
-    return [n for n in node_providers(path, provider)
+    return cpu_compute(node_providers(path, provider))
+
+
+def cpu_compute(nodes: list[dict]) -> list[dict]:
+    """The nodes of ``node_providers`` that ran on the CPU, shape-only work aside."""
+    return [n for n in nodes
             if n["provider"] == "CPUExecutionProvider" and not _is_shape_work(n)]
+
+
+def format_placement(path, nodes: list[dict]) -> str:
+    """Nodes per provider and op type, then the CPU compute nodes (should be none)."""
+    flagged = cpu_compute(nodes)
+    counts: dict[tuple[str, str], int] = {}
+    for n in nodes:
+        key = (n["provider"], n["op_type"])
+        counts[key] = counts.get(key, 0) + 1
+    lines = [f"{path}: {len(nodes)} nodes ran, {len(flagged)} compute nodes on the CPU"]
+    lines += [f"  {prov:<24} {op:<18} {k}" for (prov, op), k in sorted(counts.items())]
+    lines += [f"  CPU compute: {n['name']} ({n['op_type']}) -> {n['outputs']}" for n in flagged]
+    return "\n".join(lines)

@@ -85,7 +85,7 @@ def test_placement_reads_onnxruntime_profile_and_flags_cpu_compute(exported, mon
                                                                      tmp_path):
     # The CUDA placement check's machinery, on the CPU provider: everything runs on the
     # CPU there, so every compute node must be reported and only shape arithmetic spared.
-    from ssdonnx.placement import cpu_compute_nodes, node_providers
+    from ssdonnx.placement import cpu_compute_nodes, format_placement, node_providers
 
     monkeypatch.chdir(tmp_path)          # a relative path must work, and leave no profile
     rel = Path(os.path.relpath(exported["loss"], tmp_path))
@@ -97,6 +97,9 @@ def test_placement_reads_onnxruntime_profile_and_flags_cpu_compute(exported, mon
     spared = [n for n in nodes if n not in flagged]   # Shape, Concat of shapes, ...
     assert spared and all(set(dtype for out in n["outputs"] for dtype in out) == {"int64"}
                           for n in spared)
+    report = format_placement(rel, nodes)
+    assert f"{len(nodes)} nodes ran, {len(flagged)} compute nodes on the CPU" in report
+    assert "CPU compute: " in report and "(LogSoftmax)" in report
     assert list(tmp_path.iterdir()) == []
 
 
