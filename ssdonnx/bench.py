@@ -119,6 +119,30 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
     return _ratios(rows, "loop reference")
 
 
+def profile_loss(config="ssd300-voc", batch=32, repeat=5, top=6) -> str:
+    """Where a loss forward spends its time, for the loop reference and ssdonnx eager:
+    torch.profiler's operators with the most self CPU time, per forward."""
+    cfg = get_config(config)
+    dbox = default_boxes(cfg)
+    criterion = MultiBoxLoss(num_classes=cfg.num_classes)
+    loc, conf, targets = _loss_inputs(cfg, batch, torch.Generator().manual_seed(batch))
+    lines = [f"profile of one loss forward, B={batch}, mean of {repeat} (self CPU time)"]
+    for impl, fn in [("loop reference", partial(reference.multibox_loss_reference,
+                                                loc, conf, dbox, targets)),
+                     ("ssdonnx eager", partial(criterion, (loc, conf, dbox), targets))]:
+        fn()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(repeat):
+                fn()
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in ops)
+        lines.append(f"{impl}: {total / repeat / 1e3:.1f} ms")
+        lines += [f"  {e.key:<22} {e.self_cpu_time_total / repeat / 1e3:6.1f} ms "
+                  f"{100 * e.self_cpu_time_total / total:4.0f}%  {e.count // repeat:4d} calls"
+                  for e in ops[:top]]
+    return "\n".join(lines)
+
+
 def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
                progress=print) -> list[Timing]:
     cfg = get_config(config)

@@ -355,8 +355,11 @@ def detect(detector, images, out_dir, provider, score, labels, batch):
 @click.option("--provider", type=PROVIDER, default="auto", show_default=True)
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--profile", is_flag=True,
+              help="loss only: then profile one forward at the largest batch (operators "
+                   "with the most CPU time, for the loop reference and ssdonnx).")
 @_friendly
-def bench(what, config, batches, provider, repeat, as_json):
+def bench(what, config, batches, provider, repeat, as_json, profile):
     """Time eager PyTorch, onnxruntime and the seed's loop reference on the same inputs."""
     from . import bench as benchmarks
 
@@ -369,17 +372,22 @@ def bench(what, config, batches, provider, repeat, as_json):
             raise InputError(f"--batch {batches!r}: expected sizes like 1,8,32") from None
         if any(b < 1 for b in sizes):
             raise InputError("--batch: sizes must be >= 1")
+    if profile and what != "loss":
+        raise InputError("--profile: only for `bench loss`")
     fn = {"loss": benchmarks.bench_loss, "detector": benchmarks.bench_detector,
           "head": benchmarks.bench_head}[what]
     rows = fn(config, sizes, repeat, provider,
               progress=lambda m: click.echo(f"timing {m} ...", err=True))
+    profiled = benchmarks.profile_loss(config, max(sizes), repeat) if profile else None
     if as_json:
-        click.echo(json.dumps({"machine": benchmarks.machine(),
-                               "rows": benchmarks.as_dicts(rows)}, indent=1))
+        report = {"machine": benchmarks.machine(), "rows": benchmarks.as_dicts(rows)}
+        click.echo(json.dumps(report | ({"profile": profiled} if profile else {}), indent=1))
     else:
         click.echo(f"{benchmarks.machine()}; medians of {repeat} runs after warm-up; "
                    "speed-up = baseline median / median")
         click.echo(benchmarks.format_rows(rows))
+        if profile:
+            click.echo(profiled)
 
 
 @main.group()

@@ -79,3 +79,14 @@ def test_bench_cli_json(tmp_path):
     assert all(row["median_ms"] > 0 and row["ratio"] > 0 for row in rows)
     r = invoke("bench", "loss", "--batch", "x")
     assert r.exit_code == 2 and "expected sizes like 1,8,32" in r.output
+
+
+def test_bench_loss_profile_names_where_the_time_goes():
+    r = invoke("bench", "loss", "--batch", "1", "--repeat", "1", "--provider", "cpu",
+               "--json", "--profile")
+    assert r.exit_code == 0, r.output
+    profile = json.loads(r.output[r.output.index("{"):])["profile"]
+    assert "loop reference: " in profile and "ssdonnx eager: " in profile
+    assert "aten::" in profile
+    r = invoke("bench", "head", "--profile")
+    assert r.exit_code == 2 and "only for `bench loss`" in r.output
