@@ -83,6 +83,14 @@ def _loss_inputs(cfg, B, gen, max_objects=8):
     return batch["loc"], batch["conf"], targets
 
 
+def _synced(fn):
+    """Call fn, then wait for the GPU (if any), so that a timing covers its work."""
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out
+
+
 def _loss_step(loss_fn, loc, conf, dbox, targets):
     """Forward and backward of ``loss_fn(loc, conf, dbox, targets)`` on fresh leaves."""
     loc, conf = loc.clone().requires_grad_(), conf.clone().requires_grad_()
@@ -98,6 +106,7 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
     def ours(loc, conf, dbox, targets):
         return criterion((loc, conf, dbox), targets)
     seed = reference.multibox_loss_reference
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_graph("loss", cfg, Path(tmp) / "loss.onnx")
@@ -105,17 +114,27 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
         for B in batches:
             gen = torch.Generator().manual_seed(B)
             loc, conf, targets = _loss_inputs(cfg, B, gen)
-            args = (loc, conf, dbox, targets)
-            feeds = dict(loc=loc.numpy(), conf=conf.numpy(), targets=pad_targets(targets).numpy())
+            padded = pad_targets(targets)
             progress(f"loss B={B}")
-            for impl, fn in [("loop reference", partial(seed, *args)),
-                             ("ssdonnx eager", partial(ours, *args)),
-                             (f"onnxruntime {sess.provider}", partial(sess.run, **feeds))]:
-                rows.append(_row("loss forward", B, impl, measure(fn, repeat)))
-            if backward:
-                for impl, loss_fn in [("loop reference", seed), ("ssdonnx eager", ours)]:
-                    rows.append(_row("loss fwd+bwd", B, impl,
-                                     measure(partial(_loss_step, loss_fn, *args), repeat)))
+            for device in devices:
+                # CPU tables keep their plain names; CUDA ones say so, with their own
+                # loop-reference baseline.
+                suffix = "" if device == "cpu" else f" {device}"
+                args = (loc.to(device), conf.to(device), dbox.to(device),
+                        [t.to(device) for t in targets])
+                impls = [("loop reference", partial(seed, *args)),
+                         ("ssdonnx eager", partial(ours, *args))]
+                if sess.provider == device:   # CUDA tensors go through IOBinding
+                    feeds = dict(loc=args[0], conf=args[1], targets=padded.to(device))
+                    impls.append((f"onnxruntime {sess.provider}", partial(sess.run, **feeds)))
+                for impl, fn in impls:
+                    rows.append(_row("loss forward" + suffix, B, impl,
+                                     measure(partial(_synced, fn), repeat)))
+                if backward:
+                    for impl, loss_fn in [("loop reference", seed), ("ssdonnx eager", ours)]:
+                        step = partial(_loss_step, loss_fn, *args)
+                        rows.append(_row("loss fwd+bwd" + suffix, B, impl,
+                                         measure(partial(_synced, step), repeat)))
     return _ratios(rows, "loop reference")
 
 
@@ -176,11 +195,8 @@ def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
 
 @torch.no_grad()
 def _eager(module, *inputs):
-    """Run a module and wait for its device, so that a timing covers the work."""
-    out = module(*inputs)
-    if inputs[0].is_cuda:
-        torch.cuda.synchronize()
-    return out
+    """Run a module without autograd and wait for the GPU (if any)."""
+    return _synced(partial(module, *inputs))
 
 
 def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",

@@ -96,13 +96,15 @@ def match_batch_reference(targets, dbox, threshold=0.5, variances=(0.1, 0.2)):
     """Loop over images as the seed's MultiBoxLoss does; images with no object are all
     background (the classic match cannot take an empty image: it would fail on max)."""
     B, P = len(targets), dbox.shape[0]
-    loc_t = torch.zeros(B, P, 4)
-    conf_t = torch.zeros(B, P, dtype=torch.long)
+    device = dbox.device   # the seed's self.device
+    loc_t = torch.zeros(B, P, 4, device=device)
+    conf_t = torch.zeros(B, P, dtype=torch.long, device=device)
     for idx in range(B):
         if targets[idx].shape[0] == 0:
             continue
-        match_reference(threshold, targets[idx][:, :-1], dbox, list(variances),
-                        targets[idx][:, -1], loc_t, conf_t, idx)
+        truths = targets[idx][:, :-1].to(device)
+        labels = targets[idx][:, -1].to(device)
+        match_reference(threshold, truths, dbox, list(variances), labels, loc_t, conf_t, idx)
     return loc_t, conf_t
 
 
@@ -112,7 +114,8 @@ def multibox_loss_reference(loc_data, conf_data, dbox_list, targets, jaccard_thr
     num_batch = loc_data.size(0)
     num_dbox = loc_data.size(1)
     num_classes = conf_data.size(2)
-    loc_t, conf_t_label = match_batch_reference(targets, dbox_list, jaccard_thresh)
+    loc_t, conf_t_label = match_batch_reference(targets, dbox_list.to(loc_data.device),
+                                                jaccard_thresh)
 
     pos_mask = conf_t_label > 0
     pos_idx = pos_mask.unsqueeze(pos_mask.dim()).expand_as(loc_data)
