@@ -23,7 +23,8 @@ class MultiBoxLoss(nn.Module):
 
     Differences from the seed, all where the seed's result is undefined: with N = 0 both
     losses are 0 (the seed divides by zero into NaN); float16/bfloat16 inputs are
-    computed in float32 and the losses are float32.
+    computed in float32 and the losses are float32; among background boxes with equal
+    mining losses, the lower indices are mined first (the seed leaves it to its sort).
 
     ``normalize="global"`` divides by N summed over all processes of the default
     ``torch.distributed`` group, so that DistributedDataParallel's gradient averaging
