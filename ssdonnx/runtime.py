@@ -123,6 +123,10 @@ class Session:
                                list(t.shape), t.data_ptr())
         for name in self.output_names:
             binding.bind_output(name, device.type, device.index or 0)
+        if device.type == "cuda":
+            # torch may still be writing the inputs on its stream, and onnxruntime reads
+            # them on its own; its Run waits for its stream, so the outputs are ready.
+            torch.cuda.current_stream(device).synchronize()
         self.session.run_with_iobinding(binding)
         # DLPack hands each output's memory to torch without a copy.
         return {name: torch.from_dlpack(value)
