@@ -24,11 +24,6 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    """Area of xyxy boxes: Tensor[..., N, 4] -> Tensor[..., N]."""
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise IoU (Jaccard overlap) of xyxy boxes.
 
