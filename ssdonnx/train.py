@@ -43,8 +43,13 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
     """
     cfg = get_config(config)
     rank, world = _distributed()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) \
-        if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        # One GPU per process: torchrun's LOCAL_RANK picks it (the rank on a single node).
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)   # nccl's collectives use the current device
+    else:
+        device = torch.device("cpu")
     torch.manual_seed(seed)
     classes = classes or cfg.class_names
     dataset = VOCDataset(data, "train", classes, size=cfg.input_size,
