@@ -133,3 +133,22 @@ def test_loss_equals_loop_reference(counts, seed):
         assert ours[0] == 0 and ours[1] == 0
     else:
         assert_equal_to_seed(targets, seed=seed % 1000)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_loss_on_cuda_equals_cpu_without_host_sync():
+    gen = torch.Generator().manual_seed(9)
+    targets = ssdonnx.pad_targets(random_targets(gen, [3, 0, 8]))
+    loc, conf = random_predictions(gen, 3, 8732, 21)
+    on_cpu = ssdonnx.MultiBoxLoss()((loc, conf, dbox()), targets)
+    loc, conf, boxes, targets = (t.cuda() for t in (loc, conf, dbox(), targets))
+    criterion = ssdonnx.MultiBoxLoss(validate=False)   # validation reads values back
+    criterion((loc, conf, boxes), targets)              # warm-up: lazy CUDA init may sync
+    torch.cuda.set_sync_debug_mode("error")             # any host sync raises
+    try:
+        on_cuda = criterion((loc, conf, boxes), targets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for c, g in zip(on_cpu, on_cuda):
+        torch.testing.assert_close(g.cpu(), c, rtol=RTOL, atol=1e-6)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 python -c "import torch, onnxruntime as ort; assert torch.cuda.is_available(), 'no CUDA device'; \
 assert 'CUDAExecutionProvider' in ort.get_available_providers(), 'install onnxruntime-gpu'; \
 print(torch.cuda.get_device_name())"
-python -m pytest -q -m cuda -rs tests/test_runtime.py
+python -m pytest -q -m cuda -rs
 graphs=$(mktemp -d)
 ssdonnx export all --config ssd300-voc --output "$graphs" --no-verify
 python tools/placement.py "$graphs/loss.onnx" "$graphs/detector.onnx" --provider cuda
