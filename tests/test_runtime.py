@@ -134,7 +134,7 @@ def test_cuda_iobinding_keeps_tensors_on_the_gpu(exported):
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["loss", "detector"])
-def test_every_compute_node_runs_on_cuda(exported, kind, tmp_path):
+def test_every_compute_node_runs_on_cuda(exported, kind):
     """onnxruntime's own placement, from session profiling."""
     from ssdonnx.placement import cpu_compute_nodes
 
