@@ -108,8 +108,8 @@ def test_tied_background_losses_mine_the_first_boxes_by_index():
     ref = multibox_loss_reference(loc, conf.detach(), dbox(), targets)
     torch.testing.assert_close(ours[1], ref[1], rtol=RTOL, atol=0)
     ours[1].backward()
-    _, conf_t = ssdonnx.match(ssdonnx.pad_targets(targets)[..., :4],
-                              ssdonnx.pad_targets(targets)[..., 4], dbox())
+    padded = ssdonnx.pad_targets(targets)
+    _, conf_t = ssdonnx.match(padded[..., :4], padded[..., 4], dbox())
     pos = conf_t > 0
     background = (~pos).long().cumsum(1)
     expected_neg = ~pos & (background <= 3 * pos.sum(1, keepdim=True))
