@@ -87,10 +87,10 @@ class Session:
         Torch tensors that are all on the CUDA device of a CUDA session go through
         ``run_torch`` (no host round trip); anything else is fed as NumPy.
         """
-        self._check_names(inputs)
         on_cuda = [isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values()]
         if self.provider == "cuda" and all(on_cuda):
-            return self.run_torch(**inputs)
+            return self.run_torch(**inputs)   # checks the names itself
+        self._check_names(inputs)
         feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                  for k, v in inputs.items() if k in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
