@@ -64,17 +64,27 @@ def parse_annotation(path, classes, keep_difficult: bool = False
 class VOCDataset(torch.utils.data.Dataset):
     """Pascal VOC images and annotations: item -> (image [3, S, S], targets [n, 5]).
 
-    ``augment``, if given, is called as ``augment(rgb_array, targets) -> (array, targets)``
-    on the HWC uint8 image and normalised targets before pre-processing.
+    ``augment``, if given (``ssdonnx.augment.SSDAugmentation``, say), is called as
+    ``augment(rgb_array, targets, rng) -> (array, targets)`` on the HWC image and the
+    normalised targets before pre-processing. ``rng`` is a NumPy generator seeded by
+    (``seed``, epoch, index): every image draws differently in every epoch, the same run
+    draws the same whatever the number of DataLoader workers, and a resumed run goes on
+    where it stopped. ``set_epoch`` sets the epoch (DataLoader workers started after the
+    call see it; don't use ``persistent_workers``).
     """
 
     def __init__(self, root, image_set: str = "trainval", classes=VOC_CLASSES,
-                 size: int = 300, keep_difficult: bool = False, augment=None):
+                 size: int = 300, keep_difficult: bool = False, augment=None,
+                 seed: int = 0):
         self.root = Path(root)
         self.classes = tuple(classes)
         self.size = size
         self.keep_difficult = keep_difficult
         self.augment = augment
+        if seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {seed}")
+        self.seed = seed
+        self.epoch = 0
         list_file = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
         if not list_file.is_file():
             raise FileNotFoundError(f"{list_file}: no such image set in {self.root}")
@@ -83,6 +93,13 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The augmentation's generator for image ``index`` in the current epoch."""
+        return np.random.default_rng((self.seed, self.epoch, index))
 
     def annotation(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
         return parse_annotation(self.root / "Annotations" / f"{self.ids[index]}.xml",
@@ -97,7 +114,7 @@ class VOCDataset(torch.utils.data.Dataset):
         image = self.image(index)
         targets, _, _ = self.annotation(index)
         if self.augment is not None:
-            image, targets = self.augment(image, targets)
+            image, targets = self.augment(image, targets, self.rng(index))
         return preprocess(image, self.size), torch.from_numpy(targets)
 
 
@@ -105,40 +122,3 @@ def collate(batch) -> tuple[Tensor, Tensor]:
     """[(image, targets [n_i, 5])] -> (images [B, 3, S, S], targets [B, G, 5] padded)."""
     images, targets = zip(*batch)
     return torch.stack(images), pad_targets(list(targets))
-
-
-class Augment:
-    """Simple photometric and geometric augmentation for training: brightness and
-    contrast jitter, horizontal flip, and a random crop keeping every box centre."""
-
-    def __init__(self, seed: int = 0):
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, image: np.ndarray, targets: np.ndarray):
-        rng = self.rng
-        x = image.astype(np.float32)
-        x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean() + rng.uniform(-30, 30)
-        image = x.clip(0, 255).astype(np.uint8)
-        targets = targets.copy()
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
-            targets[:, [0, 2]] = 1 - targets[:, [2, 0]]
-        if rng.random() < 0.5:
-            image, targets = self._crop(image, targets)
-        return np.ascontiguousarray(image), targets
-
-    def _crop(self, image, targets):
-        H, W = image.shape[:2]
-        scale = self.rng.uniform(0.6, 1.0)
-        w, h = int(W * scale), int(H * scale)
-        x0, y0 = int(self.rng.integers(0, W - w + 1)), int(self.rng.integers(0, H - h + 1))
-        boxes = targets[:, :4] * [W, H, W, H]
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        inside = ((centres >= [x0, y0]) & (centres < [x0 + w, y0 + h])).all(1)
-        if len(targets) and not inside.all():
-            return image, targets          # keep every object whole-ish: no crop
-        boxes = (boxes - [x0, y0, x0, y0]).clip(0, [w, h, w, h])
-        cropped = targets.copy()
-        cropped[:, :4] = boxes / [w, h, w, h]
-        keep = (cropped[:, 2] > cropped[:, 0]) & (cropped[:, 3] > cropped[:, 1])
-        return image[y0:y0 + h, x0:x0 + w], cropped[keep]

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 IMAGE_SIZE = (160, 120)        # width, height: not square, so the resize is exercised
-SIZE_RANGE = (18, 64)          # object side in pixels
+SIZE_RANGE = (18, 64)          # object side in pixels by default: 18 <= side < 64
 MAX_OBJECTS = 4
 MAX_OVERLAP = 0.3              # IoU between two objects of one image at most this
 
@@ -24,8 +24,9 @@ def _iou(a, b) -> float:
     return inter / union
 
 
-def make_image(rng: np.random.Generator):
-    """One picture and its objects [(class name, (x1, y1, x2, y2) pixels, exclusive)]."""
+def make_image(rng: np.random.Generator, size_range: tuple[int, int] = SIZE_RANGE):
+    """One picture and its objects [(class name, (x1, y1, x2, y2) pixels, exclusive)],
+    each object's side drawn uniformly from ``size_range`` (pixels, min <= side < max)."""
     W, H = IMAGE_SIZE
     base = rng.integers(40, 216, 3)
     noise = rng.normal(0, rng.uniform(5, 30), (H, W, 3))
@@ -34,7 +35,7 @@ def make_image(rng: np.random.Generator):
     objects = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         for _attempt in range(20):
-            side = int(rng.integers(*SIZE_RANGE))
+            side = int(rng.integers(*size_range))
             x1, y1 = int(rng.integers(0, W - side + 1)), int(rng.integers(0, H - side + 1))
             box = (x1, y1, x1 + side, y1 + side)
             if all(_iou(box, b) <= MAX_OVERLAP for _, b in objects):
@@ -69,8 +70,15 @@ def annotation_xml(filename: str, size, objects) -> str:
     return "".join(parts)
 
 
-def write_shapes(out, train: int, val: int, seed: int = 0, progress=None) -> Path:
-    """Write ``train`` + ``val`` images in the VOC layout under ``out``."""
+def write_shapes(out, train: int, val: int, seed: int = 0, progress=None,
+                 size_range: tuple[int, int] = SIZE_RANGE) -> Path:
+    """Write ``train`` + ``val`` images in the VOC layout under ``out``; object sides in
+    pixels are drawn from ``size_range`` (small ones make a set for small objects)."""
+    lo, hi = size_range
+    if not 4 <= lo < hi <= min(IMAGE_SIZE):
+        raise ValueError(f"object sizes {lo} to {hi}: expected 4 <= min < max <= "
+                         f"{min(IMAGE_SIZE)} pixels (the pictures are {IMAGE_SIZE[0]} x "
+                         f"{IMAGE_SIZE[1]})")
     out = Path(out)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -79,7 +87,7 @@ def write_shapes(out, train: int, val: int, seed: int = 0, progress=None) -> Pat
     for i in range(train + val):
         split = "train" if i < train else "val"
         image_id = f"{split}_{i:06d}"
-        image, objects = make_image(rng)
+        image, objects = make_image(rng, size_range)
         image.save(out / "JPEGImages" / f"{image_id}.jpg", quality=95)
         (out / "Annotations" / f"{image_id}.xml").write_text(
             annotation_xml(f"{image_id}.jpg", image.size, objects))

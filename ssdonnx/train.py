@@ -1,5 +1,6 @@
 """Training with the seed's recipe: SGD (lr 1e-3, momentum 0.9, weight decay 5e-4), the
-batched MultiBoxLoss, gradient values clipped at 2 (the seed code base's train loop).
+batched MultiBoxLoss, gradient values clipped at 2 (the seed code base's train loop), and
+the SSD paper's augmentation (``ssdonnx.augment``).
 Runs as one process, or under ``torchrun`` with DistributedDataParallel (gloo on CPU,
 nccl on GPU) and the loss normalised by the global number of positives."""
 
@@ -14,8 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .augment import AUGMENTATIONS
 from .config import get_config
-from .data import Augment, VOCDataset, collate
+from .data import VOCDataset, collate
 from .loss import MultiBoxLoss
 from .model import SSD, load_weights
 from .priors import default_boxes
@@ -31,17 +33,54 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def make_loader(dataset: VOCDataset, batch: int, seed: int = 0, world: int = 1,
+                rank: int = 0, workers: int = 0):
+    """A DataLoader over this process's share of ``dataset`` and its sampler. Call
+    ``sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` before each epoch: the order
+    and the augmentation then depend on (seed, epoch) alone, not on the workers."""
+    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True,
+                                                  seed=seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler,
+                                         collate_fn=collate, num_workers=workers,
+                                         drop_last=len(dataset) >= batch * world)
+    return loader, sampler
+
+
+def _resumed(state: dict, name: str, given, default):
+    """A run setting on --resume: the checkpoint's, unless given differently."""
+    stored = state.get(name)
+    if given is not None and stored is not None and given != stored:
+        raise ValueError(f"{name} {given!r} differs from the run being resumed "
+                         f"({name} {stored!r}); leave it out to continue that run")
+    return given if given is not None else stored if stored is not None else default
+
+
 def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3,
-          weights=None, resume=None, seed: int = 0, classes=None, workers: int = 0,
-          schedule: str = "constant", log=print, progress=None) -> list[dict]:
+          weights=None, resume=None, seed: int | None = None, classes=None,
+          workers: int = 0, schedule: str = "constant", augment: str | None = None,
+          amp: bool = False, log=print, progress=None) -> list[dict]:
     """Train an SSD on a VOC-layout folder; returns per-epoch mean losses.
 
     Writes ``<out>/<config>-epoch<N>.pth`` (a plain state_dict, the seed's format) and
     ``<out>/last.pth`` (model, optimizer and epoch, for ``resume``) after every epoch.
     ``batch`` is per process. ``schedule``: ``constant`` (the seed) or ``cosine`` (one
-    epoch of warm-up, then cosine decay).
+    epoch of warm-up, then cosine decay). ``augment``: ``ssd`` (the SSD paper's, the
+    default), ``simple`` or ``none``. ``seed`` fixes the initialisation, the order and
+    the augmentation (default 0); ``resume`` continues a run with its seed and
+    augmentation. ``amp``: mixed precision, float16 with gradient scaling on CUDA and
+    bfloat16 on the CPU; the loss is computed in float32 either way.
     """
     cfg = get_config(config)
+    state = {}
+    if resume is not None:
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+        if state.get("config") not in (None, cfg.to_json()):
+            raise ValueError(f"{resume} was trained with another config than {cfg.name}")
+    seed = _resumed(state, "seed", seed, 0)
+    augment = _resumed(state, "augment", augment, "ssd")
+    if augment not in (*AUGMENTATIONS, "none"):
+        raise ValueError(f"augment: expected one of {', '.join(AUGMENTATIONS)} or none, "
+                         f"got {augment!r}")
     rank, world = _distributed()
     if torch.cuda.is_available():
         # One GPU per process: torchrun's LOCAL_RANK picks it (the rank on a single node).
@@ -52,25 +91,24 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
         device = torch.device("cpu")
     torch.manual_seed(seed)
     classes = classes or cfg.class_names
-    dataset = VOCDataset(data, "train", classes, size=cfg.input_size,
-                         augment=Augment(seed + rank))
-    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, seed=seed) \
-        if world > 1 else torch.utils.data.RandomSampler(
-            dataset, generator=torch.Generator().manual_seed(seed))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler,
-                                         collate_fn=collate, num_workers=workers,
-                                         drop_last=len(dataset) >= batch * world)
+    dataset = VOCDataset(data, "train", classes, size=cfg.input_size, seed=seed,
+                         augment=AUGMENTATIONS[augment]() if augment != "none" else None)
+    loader, sampler = make_loader(dataset, batch, seed, world, rank, workers)
     net = SSD(cfg)
     if weights is not None:
         load_weights(net, weights)
     net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    # float16 needs gradient scaling against underflow; bfloat16 has float32's range.
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     start = 0
     out = Path(out)
-    if resume is not None:
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+    if state:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start = int(state["epoch"])
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     criterion = MultiBoxLoss(num_classes=cfg.num_classes, variances=cfg.variances,
@@ -80,9 +118,12 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
     history = []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        log(f"training {cfg.name} on {device.type} from epoch {start + 1} to {epochs}: "
+            f"seed {seed}, augmentation {augment}"
+            + (f", mixed precision {str(amp_dtype).removeprefix('torch.')}" if amp else ""))
     for epoch in range(start, epochs):
-        if world > 1:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
         sums, n_images, t0 = [0.0, 0.0], 0, time.perf_counter()
         for step, (images, targets) in enumerate(loader):
             if schedule == "cosine":
@@ -93,12 +134,16 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
                 for group in optimizer.param_groups:
                     group["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * i / steps_total))
             images, targets = images.to(device), targets.to(device)
-            loc, conf = model(images)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loc, conf = model(images)
+            # Outside autocast: the loss takes float32 (it casts half inputs up itself).
             loss_l, loss_c = criterion((loc, conf, dbox), targets)
             optimizer.zero_grad()
-            (loss_l + loss_c).backward()
+            scaler.scale(loss_l + loss_c).backward()
+            scaler.unscale_(optimizer)          # clip the true gradients
             nn.utils.clip_grad_value_(net.parameters(), GRAD_CLIP)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             sums[0] += float(loss_l.detach()) * len(images)
             sums[1] += float(loss_c.detach()) * len(images)
             n_images += len(images)
@@ -114,7 +159,9 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
         if rank == 0:
             torch.save(net.state_dict(), out / f"{cfg.name}-epoch{epoch + 1}.pth")
             torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1, "config": cfg.to_json()}, out / "last.pth")
+                        "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                        "config": cfg.to_json(), "seed": seed, "augment": augment},
+                       out / "last.pth")
             log(f"epoch {epoch + 1}/{epochs}: loss_l {record['loss_l']:.4f}  "
                 f"loss_c {record['loss_c']:.4f}  {record['images_per_s']:.1f} images/s")
     if world > 1:

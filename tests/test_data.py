@@ -90,3 +90,20 @@ def test_voc_map_counts_difficult_neither_way():
     assert result.map == pytest.approx(1.0) and result.map07 == pytest.approx(1.0)
     missed = voc_map([np.zeros((0, 6), np.float32)], truths, ["thing"])
     assert missed.map == 0.0
+
+
+def test_shapes_with_small_objects(tmp_path):
+    from conftest import invoke
+
+    root = write_shapes(tmp_path / "small", 0, 12, seed=4, size_range=(6, 12))
+    ds = VOCDataset(root, "val", SHAPE_CLASSES)
+    for i in range(len(ds)):
+        targets, _, (W, H) = ds.annotation(i)
+        # VOC stores inclusive pixel corners: a side of s pixels reads back as s - 1.
+        sides = (targets[:, 2:4] - targets[:, :2]) * [W, H] + 1
+        assert ((sides >= 6 - 1e-3) & (sides < 12)).all(), sides
+    r = invoke("data", "shapes", "--out", tmp_path / "x", "--object-size", "3", "10")
+    assert r.exit_code == 2 and "expected 4 <= min < max" in r.output
+    r = invoke("data", "shapes", "--out", tmp_path / "y", "--train", "1", "--val", "1",
+               "--object-size", "8", "20")
+    assert r.exit_code == 0 and "objects 8 to 19 px" in r.output

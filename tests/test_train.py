@@ -1,3 +1,4 @@
+import math
 import os
 import shutil
 import subprocess
@@ -9,8 +10,11 @@ import torch
 
 import ssdonnx
 from conftest import invoke
-from ssdonnx.shapes import write_shapes
-from ssdonnx.train import train
+from ssdonnx.augment import SSDAugmentation
+from ssdonnx.data import VOCDataset
+from ssdonnx.loss import MultiBoxLoss
+from ssdonnx.shapes import SHAPE_CLASSES, write_shapes
+from ssdonnx.train import make_loader, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "ssd-shapes"
@@ -36,11 +40,74 @@ def test_short_training_run_halves_the_loss(tiny, tmp_path):
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 16
 
 
-def test_resume_continues_from_last_epoch(tiny, tmp_path):
-    train("ssd-shapes", tiny, tmp_path, epochs=1, batch=16, log=lambda m: None)
-    history = train("ssd-shapes", tiny, tmp_path, epochs=2, batch=16,
-                    resume=tmp_path / "last.pth", log=lambda m: None)
+def test_resume_continues_the_run_exactly(tiny, tmp_path):
+    # One epoch, then a resumed second epoch, gives the weights of two epochs in a row:
+    # order and augmentation of epoch 2 are those the uninterrupted run drew.
+    train("ssd-shapes", tiny, tmp_path / "a", epochs=1, batch=16, seed=3, log=lambda m: None)
+    history = train("ssd-shapes", tiny, tmp_path / "a", epochs=2, batch=16,
+                    resume=tmp_path / "a" / "last.pth", log=lambda m: None)
     assert [h["epoch"] for h in history] == [2]
+    train("ssd-shapes", tiny, tmp_path / "b", epochs=2, batch=16, seed=3, log=lambda m: None)
+    resumed = torch.load(tmp_path / "a" / "ssd-shapes-epoch2.pth", weights_only=True)
+    straight = torch.load(tmp_path / "b" / "ssd-shapes-epoch2.pth", weights_only=True)
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match=r"seed 4 differs from the run being resumed"):
+        train("ssd-shapes", tiny, tmp_path / "a", epochs=3, batch=16, seed=4,
+              resume=tmp_path / "a" / "last.pth", log=lambda m: None)
+
+
+def augmented_epochs(root, workers, epochs=(0, 1), seed=0):
+    """The augmented images of each epoch, in the order the loader gives them."""
+    dataset = VOCDataset(root, "train", SHAPE_CLASSES, size=96, seed=seed,
+                         augment=SSDAugmentation())
+    loader, sampler = make_loader(dataset, batch=4, seed=seed, workers=workers)
+    out = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        out.append(torch.cat([images for images, _ in loader]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_picture(tmp_path_factory):
+    """A set that lists one picture 12 times: any difference between its items is the
+    augmentation's."""
+    root = write_shapes(tmp_path_factory.mktemp("one") / "one", 1, 0, seed=2)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("train_000000\n" * 12)
+    return root
+
+
+def test_augmentation_differs_per_epoch_and_worker_and_repeats_per_seed(one_picture):
+    first, second = augmented_epochs(one_picture, workers=2)
+    assert not torch.equal(first, second), "epoch 2 repeated epoch 1's augmentation"
+    flat = first.flatten(1)
+    same = (flat[:, None] == flat[None]).all(2) & ~torch.eye(len(flat), dtype=torch.bool)
+    assert not same.any(), "two items of one epoch got the same augmentation"
+    # The same seed draws the same, whatever the number of workers (to the last bit of
+    # the resize, which runs single-threaded in a worker); another seed does not.
+    again = augmented_epochs(one_picture, workers=0)
+    torch.testing.assert_close(again, [first, second], rtol=0, atol=1e-4)
+    other = augmented_epochs(one_picture, 0, (0,), seed=1)[0]
+    assert ((other - first).abs().flatten(1).amax(1) > 1).all()
+
+
+def test_mixed_precision_on_the_cpu_runs_the_network_in_bfloat16(tiny, tmp_path,
+                                                                 monkeypatch):
+    seen = []
+    forward = MultiBoxLoss.forward
+
+    def spy(self, predictions, targets):
+        seen.append(predictions[1].dtype)
+        out = forward(self, predictions, targets)
+        seen.append(out[1].dtype)
+        return out
+    monkeypatch.setattr(MultiBoxLoss, "forward", spy)
+    history = train("ssd-shapes", tiny, tmp_path, epochs=1, batch=16, amp=True,
+                    log=lambda m: None)
+    assert seen[:2] == [torch.bfloat16, torch.float32]   # network bf16, loss float32
+    assert all(math.isfinite(h["loss_l"] + h["loss_c"]) for h in history)
 
 
 def test_train_and_evaluate_cli(tiny, tmp_path):
