@@ -8,20 +8,40 @@ Dimension letters, used in every docstring and shape comment:
     C  classes including background (index 0)
     K  detections kept per image
 Boxes are normalised to [0, 1]; ``xyxy`` is (x1, y1, x2, y2), ``cxcywh`` (cx, cy, w, h).
+
+The names below are imported on first use, so that ``import ssdonnx`` (and the command
+line's ``--help``) does not pay for importing torch and onnxruntime.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .config import ConfigError, SSDConfig, get_config  # noqa: E402
-from .priors import default_boxes  # noqa: E402
-from .matching import match, pad_targets  # noqa: E402
-from .loss import MultiBoxLoss  # noqa: E402
-from .model import SSD, load_weights  # noqa: E402
-from .postprocess import DetectionHead, SSDDetector, detect  # noqa: E402
-from .transforms import preprocess  # noqa: E402
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ConfigError": "errors", "SSDConfig": "config", "get_config": "config",
+    "default_boxes": "priors", "match": "matching", "pad_targets": "matching",
+    "MultiBoxLoss": "loss", "SSD": "model", "load_weights": "model",
+    "DetectionHead": "postprocess", "SSDDetector": "postprocess", "detect": "postprocess",
+    "preprocess": "transforms",
+}
 
-__all__ = [
-    "ConfigError", "DetectionHead", "MultiBoxLoss", "SSD", "SSDConfig", "SSDDetector",
-    "default_boxes", "detect", "get_config", "load_weights", "match", "pad_targets",
-    "preprocess",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        try:   # a submodule: ssdonnx.export, ssdonnx.boxes, ...
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Smallest box side that ``encode`` takes the log of. A truth narrower than this (a
-# sub-pixel box at any realistic resolution) is encoded as if it were this wide, so that
-# degenerate rows that slip past validation can never produce log(0) = -inf in a loss.
+# The side ``encode`` takes the log of for a box side that is not positive: such rows
+# (x2 <= x1), which the API rejects, can reach an exported graph, and must not give
+# log(0) = -inf in a loss there. Every positive side, however small, is encoded exactly.
 ENCODE_MIN_SIZE = 1e-6
 
 
@@ -51,10 +51,11 @@ def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float]) -> T
     """Offsets of xyxy boxes from their priors, as the seed's ``encode``.
 
     matched: Tensor[..., P, 4] xyxy; priors: Tensor[P, 4] cxcywh -> Tensor[..., P, 4]
-    (dcx, dcy, dw, dh). Box sides are clamped to ``ENCODE_MIN_SIZE`` before the log.
+    (dcx, dcy, dw, dh). A side that is not positive is taken as ``ENCODE_MIN_SIZE``.
     """
     centre = (matched[..., :2] + matched[..., 2:]) / 2
-    size = (matched[..., 2:] - matched[..., :2]).clamp(min=ENCODE_MIN_SIZE)
+    size = matched[..., 2:] - matched[..., :2]
+    size = torch.where(size > 0, size, ENCODE_MIN_SIZE)
     d_centre = (centre - priors[:, :2]) / (variances[0] * priors[:, 2:])
     d_size = torch.log(size / priors[:, 2:]) / variances[1]
     return torch.cat([d_centre, d_size], -1)

@@ -1,4 +1,8 @@
-"""The ``ssdonnx`` command line: a thin click shell over the library."""
+"""The ``ssdonnx`` command line: a thin click shell over the library.
+
+torch and onnxruntime are imported inside the commands that use them, so that
+``ssdonnx --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, get_config
+from .config import get_config
+from .errors import (CalibrationError, CheckpointError, ConfigError, OnnxFileError,
+                     OutputError, ProviderError)
 
 PROVIDER = click.Choice(["auto", "cpu", "cuda"])
+INTERRUPTED = 130     # the shell's exit status after SIGINT
 
 
 class InputError(click.ClickException):
@@ -28,15 +35,28 @@ def _friendly(fn):
     """Turn the library's input errors into InputError (exit 2, one line)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .export import OnnxFileError
-        from .model import CheckpointError
-        from .runtime import ProviderError
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, CheckpointError, OnnxFileError, ProviderError,
-                FileExistsError, FileNotFoundError, ValueError, TypeError) as exc:
+        except (ConfigError, CheckpointError, OnnxFileError, OutputError, ProviderError,
+                CalibrationError, FileExistsError, FileNotFoundError, ValueError,
+                TypeError) as exc:
             raise InputError(str(exc)) from None
     return wrapper
+
+
+class _Group(click.Group):
+    """Ctrl-C anywhere in a command: one line and exit status 130, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(INTERRUPTED)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @contextlib.contextmanager
@@ -52,29 +72,36 @@ def _status(message: str):
                    err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ssdonnx")
 def main():
     """SSD object detection end to end through ONNX: network, detector and loss."""
 
 
+class _ParityFailed(Exception):
+    """An exported file that did not pass its parity check (the table says why)."""
+
+
 def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: int = 1,
-            threads: int | None = None) -> bool:
+            threads: int | None = None, name: Path | None = None) -> bool:
+    """Check ``path`` against its PyTorch reference and print the table; ``name`` is
+    the file's name for the messages (the export checks a temporary file)."""
     from .export import read_info
     from .parity import VERIFY_CASES, check_parity, format_table
     from .runtime import Session
 
+    name = name or path
     info = read_info(path)
     sess = Session(path, provider, threads)
     if sess.note:
         click.echo(sess.note, err=True)
     cases = VERIFY_CASES if batch is None else ((batch, 4), (batch, 0))
-    with _status(f"verifying {path} ({info.kind}, {info.config.name}) on {sess.provider}"):
+    with _status(f"verifying {name} ({info.kind}, {info.config.name}) on {sess.provider}"):
         rows = check_parity(info, sess, weights, cases=cases, seed=seed)
     click.echo(format_table(rows))
     ok = all(r.passed for r in rows)
     click.echo(f"{'PASS' if ok else 'FAIL'}: PyTorch vs onnxruntime ({sess.provider}), "
-               f"{info.kind} graph {path}")
+               f"{info.kind} graph {name}")
     return ok
 
 
@@ -85,46 +112,65 @@ def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: 
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint (seed state_dict format) for model and detector.")
 @click.option("--output", type=click.Path(), default=None,
-              help="File for one kind, folder for all [default: models/<config>/].")
+              help="The .onnx file for one kind; a folder for all "
+                   "[default: models/<config>/<kind>.onnx].")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.option("--no-verify", is_flag=True, help="Skip the checker and the parity check.")
 @_friendly
 def export(kind, config, weights, output, opset, force, no_verify):
-    """Export KIND (model, detector, loss or all) to ONNX, then check and verify it."""
-    import onnx
+    """Export KIND (model, detector, loss or all) to ONNX, then check and verify it.
 
-    from .export import export_graph
-
+    Each file is written under a temporary name and checked there (onnx.checker, then
+    parity with PyTorch on onnxruntime's CPU provider); only a file that passes replaces
+    OUTPUT. On a failure or Ctrl-C, an existing OUTPUT stays as it was.
+    """
     cfg = get_config(config)
     kinds = ["model", "detector", "loss"] if kind == "all" else [kind]
     if output is None:
         from .config import PRESETS_DIR
-        folder = PRESETS_DIR / cfg.name
-        paths = [folder / f"{k}.onnx" for k in kinds]
+        paths = [PRESETS_DIR / cfg.name / f"{k}.onnx" for k in kinds]
     elif kind == "all":
+        if Path(output).exists() and not Path(output).is_dir():
+            raise InputError(f"--output {output} is a file; for `export all` it is the "
+                             "folder to write model.onnx, detector.onnx and loss.onnx in")
         paths = [Path(output) / f"{k}.onnx" for k in kinds]
     else:
+        if Path(output).is_dir():
+            raise InputError(f"--output {output} is a folder; for `export {kind}` it is "
+                             f"the file to write (e.g. {Path(output) / f'{kind}.onnx'}); "
+                             "a folder is for `export all`")
         paths = [Path(output)]
-    for p in paths:
-        if p.exists() and not force:
-            raise InputError(f"{p} exists; pass --force to overwrite it")
+    from .export import check_destination, export_graph
+
+    for p in paths:   # before any work: nothing to overwrite, every folder writable
+        check_destination(p, force)
+
+    def check(tmp, k, path):
+        import onnx
+
+        with _status(f"onnx.checker (full check) on {path}"):
+            onnx.checker.check_model(str(tmp), full_check=True)
+        if not _verify(tmp, weights if k != "loss" else None, "cpu", name=path):
+            raise _ParityFailed(path)
+
     failed = []
     for k, path in zip(kinds, paths):
-        with _status(f"exporting {k} for {cfg.name} (opset {opset})"):
+        click.echo(f"exporting {k} for {cfg.name} (opset {opset}) ...", err=True)
+        t0 = time.perf_counter()
+        try:
             export_graph(k, cfg, path, weights=weights if k != "loss" else None,
-                         opset=opset, force=force)
-        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-        if no_verify:
-            continue
-        with _status(f"onnx.checker (full check) on {path}"):
-            onnx.checker.check_model(str(path), full_check=True)
-        if not _verify(path, weights if k != "loss" else None, "cpu"):
+                         opset=opset, force=force,
+                         check=None if no_verify else functools.partial(check, k=k, path=path))
+        except _ParityFailed:
             failed.append(str(path))
+            continue
+        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in "
+                   f"{time.perf_counter() - t0:.1f}s")
     if failed:
-        raise click.ClickException(f"parity check failed for {', '.join(failed)}")
-
-
+        raise click.ClickException(
+            f"parity check failed for {', '.join(failed)}: not written (an existing file "
+            "stays as it was); --no-verify writes it unchecked")
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
@@ -160,18 +206,26 @@ def _load_loss_inputs(npz_path: Path, cfg):
         missing.append("targets (or targets_0, targets_1, ...)")
     if missing:
         raise InputError(f"{npz_path}: missing arrays {missing}; found {sorted(keys)}")
-    loc = torch.from_numpy(np.asarray(data["loc"], dtype=np.float32))
-    conf = torch.from_numpy(np.asarray(data["conf"], dtype=np.float32))
+
+    def floats(key):
+        """The array as float32: floating point only, as the Python API's contract."""
+        array = data[key]
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(f"{npz_path}: {key}: expected floating-point values, got "
+                             f"{array.dtype}")
+        return np.asarray(array, dtype=np.float32)
+
+    loc = torch.from_numpy(floats("loc"))
+    conf = torch.from_numpy(floats("conf"))
     if "targets" in keys:
-        targets = torch.from_numpy(np.asarray(data["targets"], dtype=np.float32))
+        targets = torch.from_numpy(floats("targets"))
     else:
         expected = [f"targets_{i}" for i in range(len(per_image))]
         if per_image != expected:
             raise InputError(f"{npz_path}: per-image targets must be {expected[:3]}..., "
                              f"got {per_image}")
-        arrays = [torch.from_numpy(np.asarray(data[k], dtype=np.float32).reshape(-1, 5)
-                                   if data[k].size == 0 else
-                                   np.asarray(data[k], dtype=np.float32)) for k in per_image]
+        arrays = [torch.from_numpy(floats(k).reshape(-1, 5) if data[k].size == 0
+                                   else floats(k)) for k in per_image]
         targets = pad_targets(arrays)
     dbox_like = torch.zeros(cfg.num_priors, 4)
     checks.check_predictions(loc, conf, dbox_like)
@@ -221,7 +275,7 @@ def info(file):
     import onnx
 
     from .export import read_info
-    from .runtime import available_providers
+    from .runtime import available_providers, provider_problem
 
     meta = read_info(file)
     proto = onnx.load(str(file), load_external_data=False)
@@ -231,10 +285,11 @@ def info(file):
                                for d in value.type.tensor_type.shape.dim) + "]"
 
     cfg = meta.config
+    weights = "none (a loss graph has no parameters)" if meta.kind == "loss" else meta.weights
     click.echo(f"file:       {file}\nkind:       {meta.kind}\n"
                f"config:     {cfg.name} (input {cfg.input_size}, {cfg.num_classes} classes, "
                f"P = {cfg.num_priors})\nopset:      {meta.opset}\n"
-               f"ssdonnx:    {meta.version}\nweights:    {meta.weights}")
+               f"ssdonnx:    {meta.version}\nweights:    {weights}")
     if meta.thresholds:
         click.echo("thresholds: " + ", ".join(f"{k}={v}" for k, v in meta.thresholds.items()))
     for label, values in (("inputs", proto.graph.input), ("outputs", proto.graph.output)):
@@ -242,22 +297,10 @@ def info(file):
         for v in values:
             dtype = onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
             click.echo(f"  {v.name:16s} {dtype:8s} {dims(v)}")
-    click.echo("providers:  " + ", ".join(available_providers()))
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def _collect_images(paths) -> list[Path]:
-    images = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            images.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
-    return images
+    click.echo("providers (of this onnxruntime, and whether each loads here):")
+    for name in available_providers():
+        problem = provider_problem(name)
+        click.echo(f"  {name:26s} {'loads' if problem is None else 'cannot load: ' + problem}")
 
 
 def _class_names(spec: str | None, cfg) -> list[str]:
@@ -281,7 +324,9 @@ def _class_names(spec: str | None, cfg) -> list[str]:
 @click.argument("detector", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="detections",
-              show_default=True, help="Folder for the pictures and detections.json.")
+              show_default=True,
+              help="Folder for the pictures (<name>.png each) and detections.json; "
+                   "never an input's file, and left out of the input folders' search.")
 @click.option("--provider", type=PROVIDER, default="auto", show_default=True)
 @click.option("--score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Keep detections with at least this score.")
@@ -289,62 +334,79 @@ def _class_names(spec: str | None, cfg) -> list[str]:
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
 @_friendly
 def detect(detector, images, out_dir, provider, score, labels, batch):
-    """Find objects in IMAGES (files or folders) with an exported detector; draw them."""
+    """Find objects in IMAGES (files, or folders searched for every picture format
+    Pillow reads) with an exported detector; draw them.
+
+    Writes one picture per input and detections.json (pixel coordinates of the original
+    pictures). Pictures that cannot be read are named and skipped, and the command then
+    exits with status 2 after writing the rest.
+    """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     from .draw import draw_detections
     from .export import read_info
+    from .pictures import collect, result_names
     from .runtime import Session
-    from .transforms import preprocess
+    from .transforms import preprocess, to_rgb
 
     info = read_info(detector, kind="detector")
     names = _class_names(labels, info.config)
-    files = _collect_images(images)
-    if not files:
-        raise InputError(f"no .jpg, .jpeg or .png images in {', '.join(images)}")
+    out = Path(out_dir)
+    pictures = collect(images, skip=out)
+    if not pictures:
+        raise InputError(f"no pictures (of a format Pillow reads) in {', '.join(images)}")
+    outputs = result_names(pictures)
+    inputs = {f.resolve() for f, _ in pictures}
+    clobbered = [str(out / n) for n in outputs if (out / n).resolve() in inputs]
+    if clobbered:
+        raise InputError(f"--out {out}: the results would overwrite input pictures "
+                         f"({', '.join(clobbered[:3])}{', ...' if len(clobbered) > 3 else ''}"
+                         "); choose another folder")
     sess = Session(detector, provider)
     if sess.note:
         click.echo(sess.note, err=True)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, failed, n_dets = [], [], 0
     t0 = time.perf_counter()
-    with click.progressbar(length=len(files), label="detecting", file=sys.stderr,
+    work = list(zip(pictures, outputs))
+    with click.progressbar(length=len(work), label="detecting", file=sys.stderr,
                            show_pos=True) as bar:
-        for start in range(0, len(files), batch):
-            chunk, loaded = files[start:start + batch], []
-            for f in chunk:
+        for start in range(0, len(work), batch):
+            chunk, loaded = work[start:start + batch], []
+            for (f, _), name in chunk:
                 try:
                     with Image.open(f) as im:
-                        loaded.append((f, im.convert("RGB")))
+                        loaded.append((f, name, to_rgb(im)))
                 except (OSError, UnidentifiedImageError, ValueError) as exc:
                     failed.append(f"{f}: {exc}")
             if loaded:
                 x = np.stack([preprocess(im, info.config.input_size).numpy()
-                              for _, im in loaded])
+                              for _, _, im in loaded])
                 res = sess.run(images=x)
-                for (f, im), dets, num in zip(loaded, res["detections"],
-                                              res["num_detections"]):
+                for (f, name, im), dets, num in zip(loaded, res["detections"],
+                                                    res["num_detections"]):
                     W, H = im.size
                     found = [{"label": names[int(d[5]) - 1], "class_id": int(d[5]),
                               "score": round(float(d[4]), 4),
                               "box": [round(float(v), 1) for v in d[:4] * [W, H, W, H]]}
                              for d in dets[: int(num)] if d[4] >= score]
                     n_dets += len(found)
-                    results.append({"image": str(f), "width": W, "height": H,
-                                    "detections": found})
-                    draw_detections(im, found).save(out / f"{f.stem}.png")
+                    results.append({"image": str(f), "picture": str(name), "width": W,
+                                    "height": H, "detections": found})
+                    (out / name).parent.mkdir(parents=True, exist_ok=True)
+                    draw_detections(im, found).save(out / name)
             bar.update(len(chunk))
     took = time.perf_counter() - t0
     (out / "detections.json").write_text(json.dumps(results, indent=2))
     for message in failed:
         click.echo(f"skipped {message}", err=True)
-    click.echo(f"{len(results)} images, {n_dets} detections (score >= {score}), "
-               f"{took / max(len(files), 1):.3f} s per image on {sess.provider}; "
-               f"pictures and detections.json in {out}")
+    click.echo(f"{_plural(len(results), 'image')}, {_plural(n_dets, 'detection')} "
+               f"(score >= {score}), {took / max(len(work), 1):.3f} s per image on "
+               f"{sess.provider}; pictures and detections.json in {out}")
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(files)} images could not be read")
+        raise InputError(f"{len(failed)} of {_plural(len(work), 'picture')} could not be "
+                         "read (named above); the others were written")
 
 
 @main.command()
@@ -400,15 +462,20 @@ def data():
 @click.option("--train", "n_train", type=click.IntRange(min=0), default=2000, show_default=True)
 @click.option("--val", "n_val", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--object-size", type=(int, int), default=(18, 64), show_default=True,
+              metavar="MIN MAX", help="Object sides in pixels, MIN <= side < MAX, on "
+              "160 x 120 pictures (e.g. 8 64 for a set with small objects).")
 @_friendly
-def data_shapes(out, n_train, n_val, seed):
+def data_shapes(out, n_train, n_val, seed, object_size):
     """Write the synthetic shapes data set (circles, squares, triangles) to OUT."""
     from .shapes import write_shapes
 
     with click.progressbar(length=n_train + n_val, label="writing shapes",
                            file=sys.stderr, show_pos=True) as bar:
-        root = write_shapes(out, n_train, n_val, seed, progress=bar.update)
-    click.echo(f"wrote {n_train} train and {n_val} val images (seed {seed}) to {root}")
+        root = write_shapes(out, n_train, n_val, seed, progress=bar.update,
+                            size_range=object_size)
+    click.echo(f"wrote {n_train} train and {n_val} val images (seed {seed}, objects "
+               f"{object_size[0]} to {object_size[1] - 1} px) to {root}")
 
 
 @main.command()
@@ -426,10 +493,22 @@ def data_shapes(out, n_train, n_val, seed):
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Initial weights (full model or VGG base).")
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="last.pth of an earlier run.")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help="last.pth of an earlier run: continue it (its seed and augmentation).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of initialisation, order and augmentation [default: 0, or the "
+                   "resumed run's].")
+@click.option("--augment", type=click.Choice(["ssd", "simple", "none"]), default=None,
+              help="ssd: the SSD paper's (photometric, expand, IoU-constrained crop, "
+                   "mirror); simple: jitter, flip, mild crop [default: ssd, or the "
+                   "resumed run's].")
+@click.option("--amp", is_flag=True,
+              help="Mixed precision: float16 with gradient scaling on CUDA, bfloat16 on "
+                   "the CPU.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes per training process.")
 @_friendly
-def train(config, data_root, out, epochs, batch, lr, schedule, weights, resume, seed):
+def train(config, data_root, out, epochs, batch, lr, schedule, weights, resume, seed,
+          augment, amp, workers):
     """Train an SSD with MultiBoxLoss (also under torchrun, with DDP)."""
     from .train import train as run
 
@@ -448,8 +527,9 @@ def train(config, data_root, out, epochs, batch, lr, schedule, weights, resume, 
         bar.status = f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s"
         bar.update(n)
 
-    run(cfg, data_root, out, epochs, batch, lr, weights, resume, seed,
-        schedule=schedule, log=lambda m: click.echo(m, err=True), progress=progress)
+    run(cfg, data_root, out, epochs, batch, lr, weights, resume, seed, workers=workers,
+        schedule=schedule, augment=augment, amp=amp, log=lambda m: click.echo(m, err=True),
+        progress=progress)
     for bar in bars.values():
         bar.render_finish()
     click.echo(f"checkpoints in {out} (seed state_dict format: {cfg.name}-epoch{epochs}.pth)")

@@ -8,12 +8,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
+
 # Presets live beside the package, in the repository's ``models/`` folder.
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-class ConfigError(ValueError):
-    """A preset name that does not exist or a config file that does not parse."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import os
-import tempfile
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .config import SSDConfig, get_config
+from .errors import OnnxFileError, OutputError
 from .graphs import INIT_SEED, INPUT_NAMES, KINDS, OUTPUT_NAMES, build_graph, example_inputs
 from .postprocess import ONNX_TRANSLATIONS
 
@@ -27,10 +28,6 @@ MIN_OPSET = 18   # NonMaxSuppression-based NMS translation and the exporter's ow
 # Batch size and objects per image of the export example; parity checks use others.
 EXPORT_BATCH = 2
 EXPORT_OBJECTS = 3
-
-
-class OnnxFileError(ValueError):
-    """An ONNX file that is not ssdonnx's, or not the kind a command needs."""
 
 
 @dataclass(frozen=True)
@@ -77,23 +74,68 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
+def check_destination(output, force: bool = False) -> Path:
+    """Refuse, before any work, an ``output`` file that cannot be written: an existing
+    file without ``force``, a folder, or a folder that cannot be created."""
+    output = Path(output)
+    if output.is_dir():
+        raise OutputError(f"{output} is a folder; expected the path of the .onnx file "
+                          "to write")
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} exists; pass --force (force=True) to overwrite it")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {output.parent}: "
+                          f"{exc.strerror or exc}") from None
+    return output
+
+
+@contextlib.contextmanager
+def atomic_output(output: Path):
+    """Yield a new temporary path beside ``output``; on leaving the block without error
+    it replaces ``output``, on any error or interrupt it is removed. The temporary file
+    is created at once (so an unwritable folder fails before any work), with the mode
+    any new file gets: 0o666 less the umask."""
+    output = Path(output)
+    tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.partial"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {output.parent}: {exc.strerror or exc}") \
+            from None
+    try:
+        yield tmp
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_graph(kind: str, config: str | SSDConfig, output, weights=None,
                  opset: int = DEFAULT_OPSET, force: bool = False,
-                 thresholds: dict | None = None) -> Path:
+                 thresholds: dict | None = None, check=None) -> Path:
     """Export one graph to ``output`` (a single .onnx file, no external data).
 
-    The file is written to a temporary name beside ``output`` and renamed when complete,
-    so a failure never leaves a partial file; an existing file is replaced only with
-    ``force``.
+    The file is written to a temporary name beside ``output``; ``check(path)``, if
+    given, runs on that file and may raise (a parity failure, say); only then does the
+    file replace ``output``. A failure or an interrupt never leaves a partial file and
+    never touches an existing ``output``, which is replaced only with ``force``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     if opset < MIN_OPSET:
         raise ValueError(f"opset: {opset} is too old; ssdonnx needs opset >= {MIN_OPSET}")
     cfg = get_config(config)
-    output = Path(output)
-    if output.exists() and not force:
-        raise FileExistsError(f"{output} exists; pass --force (force=True) to overwrite it")
+    output = check_destination(output, force)
+    with atomic_output(output) as tmp:
+        proto = _export_proto(kind, cfg, weights, opset, thresholds)
+        onnx.save_model(proto, tmp, save_as_external_data=False)
+        if check is not None:
+            check(tmp)
+    return output
+
+
+def _export_proto(kind, cfg, weights, opset, thresholds) -> onnx.ModelProto:
     graph = build_graph(kind, cfg, weights, thresholds)
     inputs = example_inputs(kind, cfg, EXPORT_BATCH, EXPORT_OBJECTS)
     with _quiet_exporter():
@@ -108,22 +150,22 @@ def export_graph(kind: str, config: str | SSDConfig, output, weights=None,
         "ssdonnx.config": cfg.to_json(),
         "ssdonnx.version": __version__,
         "ssdonnx.thresholds": json.dumps(graph.thresholds() if kind != "model" else {}),
-        "ssdonnx.weights": (f"sha256:{file_sha256(weights)}" if weights is not None
-                            else f"seed:{INIT_SEED}"),
     }
+    if kind != "loss":   # the loss has no parameters
+        metadata["ssdonnx.weights"] = (f"sha256:{file_sha256(weights)}" if weights is not None
+                                       else f"seed:{INIT_SEED}")
+    set_metadata(proto, metadata)
+    proto.doc_string = f"ssdonnx {__version__} {kind} for {cfg.name}"
+    return proto
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Set (add or replace) ``metadata_props`` entries."""
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
     for key, value in metadata.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    proto.doc_string = f"ssdonnx {__version__} {kind} for {cfg.name}"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp, save_as_external_data=False)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
 
 
 def read_info(path, kind: str | tuple[str, ...] | None = None) -> GraphInfo:

@@ -12,13 +12,10 @@ from torch import Tensor, nn
 
 from . import checks
 from .config import SSDConfig
+from .errors import CheckpointError
 
 # The seed's VGG16 layout: channels, 'M' max pool 2x2, 'C' the same with ceil_mode.
 VGG_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def _channels(c: int, width: float) -> int:

@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
 import torch  # noqa: F401  (loads the CUDA libraries of the torch wheels before ORT)
 import onnxruntime as ort
 
+from .errors import ProviderError
+
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-class ProviderError(RuntimeError):
-    """The requested execution provider cannot run here."""
+# The shared library behind each provider that onnxruntime-gpu loads on demand.
+_PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+                       "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so"}
 
 
 def available_providers() -> list[str]:
+    """The providers compiled into this onnxruntime (not all of them may load here)."""
     return list(ort.get_available_providers())
+
+
+def provider_problem(name: str) -> str | None:
+    """Why provider ``name`` cannot load here, in a few words, or None if it can.
+
+    Loads the provider's shared library the way onnxruntime would, so that a missing
+    CUDA, cuDNN or TensorRT library is named instead of onnxruntime printing its loader
+    errors. (A library that loads proves no GPU; the session still checks that.)
+    """
+    if name not in ort.get_available_providers():
+        return "not in this onnxruntime build (install onnxruntime-gpu)"
+    library = Path(ort.__file__).parent / "capi" / _PROVIDER_LIBRARIES.get(name, "")
+    if name not in _PROVIDER_LIBRARIES or not library.is_file():
+        return None
+    if torch.cuda.is_available() and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()   # the CUDA and cuDNN libraries of the torch wheels
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        message = str(exc)
+        missing = message.split(":", 1)[0]
+        return f"{missing} not found" if "cannot open shared object" in message else message
+    return None
 
 
 def _options(threads: int | None) -> ort.SessionOptions:
@@ -35,8 +63,11 @@ def _cuda_session(path: str, opts, probe: bool = False) -> ort.InferenceSession:
     if probe and not torch.cuda.is_available():
         # auto on a machine without a GPU: don't make onnxruntime print its loader errors
         raise ProviderError("no CUDA device visible to torch")
-    if torch.cuda.is_available() and hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()   # CUDA and cuDNN libraries of the torch wheels
+    problem = provider_problem("CUDAExecutionProvider")
+    if problem:
+        raise ProviderError(f"CUDAExecutionProvider cannot load: {problem} (onnxruntime-gpu "
+                            f"{ort.__version__} needs the CUDA and cuDNN libraries it was "
+                            "built for)")
     sess = ort.InferenceSession(path, opts, providers=["CUDAExecutionProvider",
                                                        "CPUExecutionProvider"])
     if sess.get_providers()[0] != "CUDAExecutionProvider":

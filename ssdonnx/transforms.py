@@ -11,6 +11,19 @@ from torch import Tensor
 MEAN_BGR = (104.0, 117.0, 123.0)
 
 
+def to_rgb(image):
+    """A PIL image in RGB; transparent areas (RGBA, LA, or a palette with transparency)
+    composited on white, as a viewer shows them, rather than dropped to the colour
+    stored under them (often black)."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
     """An image -> Tensor[3, size, size] float32, as the seed feeds its network.
 
@@ -18,8 +31,9 @@ def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
     subtracts the BGR mean (104, 117, 123) and then reorders the channels with
     ``[:, :, (2, 1, 0)]``; so the network sees R-123, G-117, B-104. This does the same.
 
-    image: a PIL image (any mode; converted to RGB) or a NumPy array HWC (or HW for
-    grey) of uint8 or float values in 0..255, RGB unless ``bgr=True`` (OpenCV arrays).
+    image: a PIL image (any mode; converted to RGB, transparency on white) or a NumPy
+    array HWC (or HW for grey) of uint8 or float values in 0..255, RGB unless ``bgr=True``
+    (OpenCV arrays); a fourth channel is alpha (255 opaque), composited on white.
     size: input side; None keeps the image's size.
     """
     if isinstance(image, np.ndarray):
@@ -29,16 +43,18 @@ def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
         if array.ndim != 3 or array.shape[2] not in (3, 4):
             raise ValueError(f"image: expected an HWC array with 3 channels, got shape "
                              f"{list(array.shape)}")
-        array = array[..., :3]
+        if not np.issubdtype(array.dtype, np.number):
+            raise TypeError(f"image: expected numeric pixels, got {array.dtype}")
+        if array.shape[2] == 4:
+            alpha = array[..., 3:].astype(np.float32) / 255
+            array = array[..., :3] * alpha + 255 * (1 - alpha)
         if bgr:
             array = array[..., ::-1]
     elif hasattr(image, "convert"):
-        array = np.asarray(image.convert("RGB"))
+        array = np.asarray(to_rgb(image))
     else:
         raise TypeError(f"image: expected a PIL image or a NumPy array, got "
                         f"{type(image).__name__}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise TypeError(f"image: expected numeric pixels, got {array.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     if size is not None and tuple(x.shape[1:]) != (size, size):
         # Bilinear with half-pixel centres and no antialiasing: OpenCV's INTER_LINEAR.

@@ -60,3 +60,11 @@ def test_encode_never_takes_log_of_zero():
     assert torch.isfinite(enc).all()
     expected_dw = torch.log(torch.tensor(boxes.ENCODE_MIN_SIZE / 0.2)) / 0.2
     torch.testing.assert_close(enc[0, 2], expected_dw)
+
+
+def test_encode_is_exact_for_any_positive_side():
+    # A box 5e-7 wide (below ENCODE_MIN_SIZE) is valid input: encoded exactly, as the seed.
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    thin = torch.tensor([[0.3, 0.3, 0.3 + 5e-7, 0.6]])
+    torch.testing.assert_close(boxes.encode(thin, priors, (0.1, 0.2)),
+                               encode(thin, priors, (0.1, 0.2)))

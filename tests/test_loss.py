@@ -152,3 +152,9 @@ def test_loss_on_cuda_equals_cpu_without_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     for c, g in zip(on_cpu, on_cuda):
         torch.testing.assert_close(g.cpu(), c, rtol=RTOL, atol=1e-6)
+
+
+def test_sub_micro_boxes_give_the_seeds_loss():
+    # Sides below boxes.ENCODE_MIN_SIZE pass validation, so their loss is the seed's.
+    thin = torch.tensor([[0.3, 0.3, 0.3 + 5e-7, 0.6, 4.0], [0.1, 0.1, 0.5, 0.5, 2.0]])
+    assert_equal_to_seed([thin], seed=11)

@@ -160,6 +160,21 @@ def test_preprocess_matches_the_seed_transform():
         preprocess(np.zeros((4, 4, 5), np.uint8))
 
 
+def test_transparent_pixels_are_white_not_what_lies_under_them():
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)            # black, fully transparent...
+    rgba[:4, :, 3] = 255                            # ...but the top half is opaque black
+    white = preprocess(np.full((8, 8, 3), 255, np.uint8), size=None)
+    black = preprocess(np.zeros((8, 8, 3), np.uint8), size=None)
+    for image in (rgba, Image.fromarray(rgba, "RGBA"),
+                  Image.fromarray(rgba, "RGBA").convert("LA")):
+        x = preprocess(image, size=None)
+        torch.testing.assert_close(x[:, 4:], white[:, 4:])
+        torch.testing.assert_close(x[:, :4], black[:, :4])
+
+
 def test_slim_batch_norm_variant_keeps_the_layout():
     cfg = ssdonnx.get_config("ssd-shapes")
     net = SSD(cfg).eval()
