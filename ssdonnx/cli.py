@@ -17,7 +17,7 @@ import click
 
 from .config import get_config
 from .errors import (CalibrationError, CheckpointError, ConfigError, OnnxFileError,
-                     OutputError, ProviderError)
+                     OutputError, ProviderError, StandInUnavailable)
 
 PROVIDER = click.Choice(["auto", "cpu", "cuda"])
 INTERRUPTED = 130     # the shell's exit status after SIGINT
@@ -38,8 +38,8 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, CheckpointError, OnnxFileError, OutputError, ProviderError,
-                CalibrationError, FileExistsError, FileNotFoundError, ValueError,
-                TypeError) as exc:
+                CalibrationError, StandInUnavailable, FileExistsError, FileNotFoundError,
+                ValueError, TypeError) as exc:
             raise InputError(str(exc)) from None
     return wrapper
 
@@ -450,6 +450,45 @@ def bench(what, config, batches, provider, repeat, as_json, profile):
         click.echo(benchmarks.format_rows(rows))
         if profile:
             click.echo(profiled)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--simulate-cuda", is_flag=True,
+              help="Without a GPU: onnxruntime-gpu's CUDA kernel registry and partitioner, "
+                   "on stand-in CUDA libraries built with gcc (no kernel runs).")
+@_friendly
+def placement(files, simulate_cuda):
+    """Where CUDAExecutionProvider runs each node of ONNX FILES; exit 1 if a compute node
+    would run on the CPU or has no CUDA kernel.
+
+    On a GPU (the stronger check) the graph runs once with profiling and the profile
+    says where each node ran; shape arithmetic (a few int64 values), which onnxruntime
+    keeps on the CPU on purpose, is listed apart. --simulate-cuda answers the same
+    question where there is no GPU.
+    """
+    from . import placement as where
+
+    failed = []
+    for path in files:
+        if simulate_cuda:
+            report = where.simulate_cuda(path)
+            click.echo(where.format_simulated(report))
+            ok = report.ok
+        else:
+            from .runtime import provider_problem
+
+            problem = provider_problem("CUDAExecutionProvider")
+            if problem:
+                raise InputError(f"CUDAExecutionProvider cannot load here ({problem}); "
+                                 "without a GPU, use --simulate-cuda")
+            nodes = where.node_providers(path, "cuda")
+            click.echo(where.format_placement(path, nodes))
+            ok = not where.cpu_compute(nodes)
+        if not ok:
+            failed.append(path)
+    if failed:
+        raise click.ClickException(f"nodes off CUDA in {', '.join(failed)}")
 
 
 @main.group()

@@ -22,5 +22,9 @@ class ProviderError(RuntimeError):
     """The requested execution provider cannot run here."""
 
 
+class StandInUnavailable(RuntimeError):
+    """The stand-in CUDA libraries for a simulated placement check cannot be built here."""
+
+
 class CalibrationError(ValueError):
     """Calibration pictures for int8 quantization that are missing or unreadable."""

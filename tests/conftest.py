@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -17,3 +19,16 @@ def exported(tmp_path_factory):
     assert result.exit_code == 0, result.output
     return {"folder": folder, "output": result.output,
             **{k: folder / f"{k}.onnx" for k in ("model", "detector", "loss")}}
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "ssd-shapes"
+
+
+@pytest.fixture(scope="session")
+def shapes_detector(tmp_path_factory):
+    """The shipped ssd-shapes detector, exported (and verified) once per session."""
+    out = tmp_path_factory.mktemp("shipped") / "detector.onnx"
+    result = invoke("export", "detector", "--config", "ssd-shapes", "--weights",
+                    SHIPPED / "weights.pth", "--output", out)
+    assert result.exit_code == 0, result.output
+    return out

@@ -143,21 +143,12 @@ def shipped_val(tmp_path_factory):
     return write_shapes(tmp_path_factory.mktemp("val") / "val", 0, 100, seed=1000)
 
 
-@pytest.fixture(scope="module")
-def shipped_detector(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shipped") / "detector.onnx"
-    r = invoke("export", "detector", "--config", "ssd-shapes", "--weights",
-               SHIPPED / "weights.pth", "--output", out)
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_shipped_weights_reach_the_map_target_in_pytorch_and_onnxruntime(
-        shipped_val, shipped_detector):
+        shipped_val, shapes_detector):
     import json
     eager = invoke("evaluate", SHIPPED / "weights.pth", "--config", "ssd-shapes",
                    "--data", shipped_val, "--json")
-    onnx = invoke("evaluate", shipped_detector, "--data", shipped_val, "--provider", "cpu",
+    onnx = invoke("evaluate", shapes_detector, "--data", shipped_val, "--provider", "cpu",
                   "--json")
     assert eager.exit_code == 0 and onnx.exit_code == 0, eager.output + onnx.output
     e = json.loads(eager.output[eager.output.index("{"):])

@@ -10,6 +10,6 @@ print(torch.cuda.get_device_name())"
 python -m pytest -q -m cuda -rs
 graphs=$(mktemp -d)
 ssdonnx export all --config ssd300-voc --output "$graphs" --no-verify
-python tools/placement.py "$graphs/loss.onnx" "$graphs/detector.onnx" --provider cuda
+python tools/placement.py "$graphs/loss.onnx" "$graphs/detector.onnx"
 python tools/bench_loss.py --provider cuda
 python tools/bench_detect.py --provider cuda
