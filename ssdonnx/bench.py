@@ -199,14 +199,30 @@ def _eager(module, *inputs):
     return _synced(partial(module, *inputs))
 
 
+# Pictures the int8 detector of a benchmark is calibrated on (generated shapes: the
+# timing does not depend on what the ranges were calibrated on).
+BENCH_CALIBRATION = 16
+
+
 def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
-                   progress=print) -> list[Timing]:
+                   progress=print, int8=False) -> list[Timing]:
+    """The whole detector: eager PyTorch (baseline), onnxruntime; with ``int8`` also the
+    int8 detector on onnxruntime's CPU provider, and a second table of int8 against
+    float32 onnxruntime on the CPU (baseline), measured in the same run."""
     cfg = get_config(config)
     detector = build_graph("detector", cfg)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_graph("detector", cfg, Path(tmp) / "detector.onnx")
         sess = Session(path, provider)
+        cpu = Session(path, "cpu") if int8 else None
+        if int8:
+            from .shapes import write_shapes
+
+            progress(f"int8 detector, calibrated on {BENCH_CALIBRATION} generated pictures")
+            pictures = write_shapes(Path(tmp) / "calibration", 0, BENCH_CALIBRATION)
+            quantized = Session(export_graph("detector", cfg, Path(tmp) / "int8.onnx",
+                                             calibration=pictures), "cpu")
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for b in batches:
             images = example_inputs("detector", cfg, b, seed=b)["images"]
@@ -216,7 +232,18 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
                     partial(_eager, detector.to(device), images.to(device)), repeat)))
             rows.append(_row("detector", b, f"onnxruntime {sess.provider}", measure(
                 partial(sess.run, images=images), repeat)))
-    return _ratios(rows, "pytorch eager cpu")
+            if int8:
+                float32 = rows[-1] if sess.provider == "cpu" else _row(
+                    "detector", b, "onnxruntime cpu", measure(partial(cpu.run, images=images),
+                                                              repeat))
+                rows.append(_row("detector", b, "onnxruntime cpu int8", measure(
+                    partial(quantized.run, images=images), repeat)))
+                rows += [Timing(**{**asdict(float32), "bench": "int8 vs float32",
+                                   "impl": "onnxruntime cpu float32"}),
+                         Timing(**{**asdict(rows[-1]), "bench": "int8 vs float32"})]
+    rows = _ratios([r for r in rows if r.bench == "detector"], "pytorch eager cpu") + \
+        _ratios([r for r in rows if r.bench != "detector"], "onnxruntime cpu float32")
+    return sorted(rows, key=lambda r: (r.bench != "detector", r.batch))
 
 
 def machine() -> str:

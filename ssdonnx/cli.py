@@ -83,9 +83,10 @@ class _ParityFailed(Exception):
 
 
 def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: int = 1,
-            threads: int | None = None, name: Path | None = None) -> bool:
+            threads: int | None = None, name: Path | None = None, data=None) -> bool:
     """Check ``path`` against its PyTorch reference and print the table; ``name`` is
-    the file's name for the messages (the export checks a temporary file)."""
+    the file's name for the messages (the export checks a temporary file). An int8
+    detector is compared on pictures: ``data``, or its calibration folder."""
     from .export import read_info
     from .parity import VERIFY_CASES, check_parity, format_table
     from .runtime import Session
@@ -95,6 +96,8 @@ def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: 
     sess = Session(path, provider, threads)
     if sess.note:
         click.echo(sess.note, err=True)
+    if info.precision == "int8":
+        return _verify_int8(info, sess, weights, data, name)
     cases = VERIFY_CASES if batch is None else ((batch, 4), (batch, 0))
     with _status(f"verifying {name} ({info.kind}, {info.config.name}) on {sess.provider}"):
         rows = check_parity(info, sess, weights, cases=cases, seed=seed)
@@ -103,6 +106,23 @@ def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: 
     click.echo(f"{'PASS' if ok else 'FAIL'}: PyTorch vs onnxruntime ({sess.provider}), "
                f"{info.kind} graph {name}")
     return ok
+
+
+def _verify_int8(info, sess, weights, data, name) -> bool:
+    from .parity import check_int8
+    from .quantize import calibration_pictures, load_pictures
+
+    folder = data or info.calibration["folder"]
+    if data is None and not Path(folder).is_dir():
+        raise InputError(f"{name} was calibrated on {folder}, which is gone; pass --data "
+                         "with pictures to compare on")
+    files = calibration_pictures(folder, info.calibration["pictures"] if data is None else None)
+    images = load_pictures(files, info.config.input_size)
+    with click.progressbar(length=len(images), label=f"comparing int8 {name} with float32",
+                           file=sys.stderr, show_pos=True) as bar:
+        agreement = check_int8(info, sess, weights, images, progress=bar.update)
+    click.echo(agreement.summary())
+    return agreement.passed
 
 
 @main.command()
@@ -117,14 +137,29 @@ def _verify(path: Path, weights, provider: str, batch: int | None = None, seed: 
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.option("--no-verify", is_flag=True, help="Skip the checker and the parity check.")
+@click.option("--int8", is_flag=True,
+              help="detector only: quantize the network to int8 for onnxruntime on the CPU "
+                   "(the detection head stays float32); needs --calibration.")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Pictures to calibrate the int8 ranges on: a folder, or a VOC-layout set.")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=64,
+              show_default=True, help="Use the first N pictures (sorted by path).")
 @_friendly
-def export(kind, config, weights, output, opset, force, no_verify):
+def export(kind, config, weights, output, opset, force, no_verify, int8, calibration,
+           calibration_images):
     """Export KIND (model, detector, loss or all) to ONNX, then check and verify it.
 
     Each file is written under a temporary name and checked there (onnx.checker, then
     parity with PyTorch on onnxruntime's CPU provider); only a file that passes replaces
-    OUTPUT. On a failure or Ctrl-C, an existing OUTPUT stays as it was.
+    OUTPUT. On a failure or Ctrl-C, an existing OUTPUT stays as it was. An int8 detector
+    is checked against the float32 one on its calibration pictures: detections matched
+    by class and IoU (not bit parity).
     """
+    if int8 and kind != "detector":
+        raise InputError(f"--int8 is for `export detector`, not `export {kind}`")
+    if int8 != (calibration is not None):
+        raise InputError("--int8 and --calibration go together: int8 ranges are "
+                         "calibrated on your pictures")
     cfg = get_config(config)
     kinds = ["model", "detector", "loss"] if kind == "all" else [kind]
     if output is None:
@@ -145,6 +180,11 @@ def export(kind, config, weights, output, opset, force, no_verify):
 
     for p in paths:   # before any work: nothing to overwrite, every folder writable
         check_destination(p, force)
+    pictures = 0
+    if int8:
+        from .quantize import calibration_pictures
+
+        pictures = len(calibration_pictures(calibration, calibration_images))
 
     def check(tmp, k, path):
         import onnx
@@ -156,15 +196,23 @@ def export(kind, config, weights, output, opset, force, no_verify):
 
     failed = []
     for k, path in zip(kinds, paths):
-        click.echo(f"exporting {k} for {cfg.name} (opset {opset}) ...", err=True)
+        click.echo(f"exporting {k}{' (int8)' if int8 else ''} for {cfg.name} (opset {opset}) "
+                   "...", err=True)
         t0 = time.perf_counter()
+        bar = click.progressbar(length=pictures, label=f"calibrating on {pictures} pictures",
+                                file=sys.stderr, show_pos=True) if int8 else None
         try:
             export_graph(k, cfg, path, weights=weights if k != "loss" else None,
                          opset=opset, force=force,
-                         check=None if no_verify else functools.partial(check, k=k, path=path))
+                         check=None if no_verify else functools.partial(check, k=k, path=path),
+                         calibration=calibration, calibration_images=calibration_images,
+                         progress=bar.update if bar else None)
         except _ParityFailed:
             failed.append(str(path))
             continue
+        finally:
+            if bar:
+                bar.render_finish()
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in "
                    f"{time.perf_counter() - t0:.1f}s")
     if failed:
@@ -178,10 +226,18 @@ def export(kind, config, weights, output, opset, force, no_verify):
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Batch size of the check inputs [default: 3 and 1].")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
+              help="int8 detectors: pictures to compare on (a folder or a VOC-layout set) "
+                   "[default: the calibration pictures].")
 @_friendly
-def verify(file, weights, provider, batch, seed):
-    """Rebuild FILE's PyTorch reference and compare it with onnxruntime."""
-    if not _verify(Path(file), weights, provider, batch, seed):
+def verify(file, weights, provider, batch, seed, data):
+    """Rebuild FILE's PyTorch reference and compare it with onnxruntime.
+
+    Float32 graphs: outputs within named tolerances on random inputs. int8 detectors:
+    detections matched by class and IoU on pictures, with a lower bound on the share
+    matched (ssdonnx.parity.INT8_MIN_AGREEMENT).
+    """
+    if not _verify(Path(file), weights, provider, batch, seed, data=data):
         sys.exit(1)
 
 
@@ -292,6 +348,14 @@ def info(file):
                f"ssdonnx:    {meta.version}\nweights:    {weights}")
     if meta.thresholds:
         click.echo("thresholds: " + ", ".join(f"{k}={v}" for k, v in meta.thresholds.items()))
+    click.echo(f"precision:  {meta.precision}")
+    if meta.precision == "int8":
+        cal, src = meta.calibration, meta.float_source
+        click.echo(f"calibration: {cal['pictures']} pictures from {cal['folder']} (file list "
+                   f"sha256 {cal['files_sha256'][:16]}...)\n"
+                   f"float32 source: network sha256 {src['network_sha256'][:16]}... from "
+                   f"weights {src['weights']}; quantized {', '.join(src['quantized'])} (the "
+                   "detection head is float32); for CPUExecutionProvider")
     for label, values in (("inputs", proto.graph.input), ("outputs", proto.graph.output)):
         click.echo(f"{label}:")
         for v in values:
@@ -420,8 +484,11 @@ def detect(detector, images, out_dir, provider, score, labels, batch):
 @click.option("--profile", is_flag=True,
               help="loss only: then profile one forward at the largest batch (operators "
                    "with the most CPU time, for the loop reference and ssdonnx).")
+@click.option("--int8", is_flag=True,
+              help="detector only: also the int8 detector on onnxruntime's CPU provider, "
+                   "against float32 onnxruntime in the same run.")
 @_friendly
-def bench(what, config, batches, provider, repeat, as_json, profile):
+def bench(what, config, batches, provider, repeat, as_json, profile, int8):
     """Time eager PyTorch, onnxruntime and the seed's loop reference on the same inputs."""
     from . import bench as benchmarks
 
@@ -436,7 +503,10 @@ def bench(what, config, batches, provider, repeat, as_json, profile):
             raise InputError("--batch: sizes must be >= 1")
     if profile and what != "loss":
         raise InputError("--profile: only for `bench loss`")
-    fn = {"loss": benchmarks.bench_loss, "detector": benchmarks.bench_detector,
+    if int8 and what != "detector":
+        raise InputError("--int8: only for `bench detector`")
+    fn = {"loss": benchmarks.bench_loss,
+          "detector": functools.partial(benchmarks.bench_detector, int8=int8),
           "head": benchmarks.bench_head}[what]
     rows = fn(config, sizes, repeat, provider,
               progress=lambda m: click.echo(f"timing {m} ...", err=True))

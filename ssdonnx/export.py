@@ -20,7 +20,11 @@ from . import __version__
 from .config import SSDConfig, get_config
 from .errors import OnnxFileError, OutputError
 from .graphs import INIT_SEED, INPUT_NAMES, KINDS, OUTPUT_NAMES, build_graph, example_inputs
-from .postprocess import ONNX_TRANSLATIONS
+from .loss import ONNX_TRANSLATIONS as LOSS_OPS
+from .postprocess import ONNX_TRANSLATIONS as POSTPROCESS_OPS
+
+# ssdonnx's custom operators and the ONNX functions they export as.
+ONNX_TRANSLATIONS = {**LOSS_OPS, **POSTPROCESS_OPS}
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18   # NonMaxSuppression-based NMS translation and the exporter's own floor
@@ -38,8 +42,13 @@ class GraphInfo:
     config: SSDConfig
     version: str
     thresholds: dict
-    weights: str           # "seed:N" for seeded initialisation, else "sha256:..."
+    weights: str           # "seed:N" for seeded initialisation, "sha256:...", or "none"
     opset: int
+    # int8 detectors (ssdonnx.quantize): "int8", the calibration set (folder, pictures,
+    # sha256 of the file list) and the float32 network that was quantized.
+    precision: str = "float32"
+    calibration: dict | None = None
+    float_source: dict | None = None
 
 
 def file_sha256(path) -> str:
@@ -113,50 +122,77 @@ def atomic_output(output: Path):
 
 def export_graph(kind: str, config: str | SSDConfig, output, weights=None,
                  opset: int = DEFAULT_OPSET, force: bool = False,
-                 thresholds: dict | None = None, check=None) -> Path:
+                 thresholds: dict | None = None, check=None, calibration=None,
+                 calibration_images: int | None = None, progress=None) -> Path:
     """Export one graph to ``output`` (a single .onnx file, no external data).
 
     The file is written to a temporary name beside ``output``; ``check(path)``, if
     given, runs on that file and may raise (a parity failure, say); only then does the
     file replace ``output``. A failure or an interrupt never leaves a partial file and
     never touches an existing ``output``, which is replaced only with ``force``.
+
+    ``calibration`` (a folder of pictures or a VOC-layout data set) makes an int8
+    detector: see ``ssdonnx.quantize``; ``progress(n)`` is called as pictures calibrate.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     if opset < MIN_OPSET:
         raise ValueError(f"opset: {opset} is too old; ssdonnx needs opset >= {MIN_OPSET}")
+    if calibration is not None and kind != "detector":
+        raise ValueError(f"calibration: int8 quantization is for the detector, not {kind}")
     cfg = get_config(config)
     output = check_destination(output, force)
+    if calibration is not None:
+        from .quantize import calibration_pictures, int8_detector
+
+        pictures = calibration_pictures(calibration, calibration_images)
     with atomic_output(output) as tmp:
-        proto = _export_proto(kind, cfg, weights, opset, thresholds)
+        if calibration is None:
+            proto = graph_proto(kind, cfg, weights, opset, thresholds)
+        else:
+            proto = int8_detector(cfg, weights, pictures, calibration, opset, thresholds,
+                                  progress)
         onnx.save_model(proto, tmp, save_as_external_data=False)
         if check is not None:
             check(tmp)
     return output
 
 
-def _export_proto(kind, cfg, weights, opset, thresholds) -> onnx.ModelProto:
-    graph = build_graph(kind, cfg, weights, thresholds)
-    inputs = example_inputs(kind, cfg, EXPORT_BATCH, EXPORT_OBJECTS)
+def to_onnx(module: torch.nn.Module, inputs: dict, output_names: list[str],
+            dynamic_shapes: dict, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """``module`` in ONNX (torch.onnx's dynamo exporter, ssdonnx's custom operators)."""
     with _quiet_exporter():
         program = torch.onnx.export(
-            graph, tuple(inputs.values()), dynamo=True, opset_version=opset,
-            input_names=INPUT_NAMES[kind], output_names=OUTPUT_NAMES[kind],
-            dynamic_shapes=dynamic_shapes(kind), custom_translation_table=ONNX_TRANSLATIONS,
+            module, tuple(inputs.values()), dynamo=True, opset_version=opset,
+            input_names=list(inputs), output_names=output_names,
+            dynamic_shapes=dynamic_shapes, custom_translation_table=ONNX_TRANSLATIONS,
             optimize=True, verbose=False)
-    proto = program.model_proto
+    return program.model_proto
+
+
+def graph_proto(kind: str, cfg: SSDConfig, weights=None, opset: int = DEFAULT_OPSET,
+                thresholds: dict | None = None) -> onnx.ModelProto:
+    """One of the three graphs in ONNX, with ssdonnx's metadata."""
+    graph = build_graph(kind, cfg, weights, thresholds)
+    inputs = example_inputs(kind, cfg, EXPORT_BATCH, EXPORT_OBJECTS)
+    proto = to_onnx(graph, dict(zip(INPUT_NAMES[kind], inputs.values())), OUTPUT_NAMES[kind],
+                    dynamic_shapes(kind), opset)
+    set_metadata(proto, graph_metadata(kind, cfg, weights,
+                                       graph.thresholds() if kind != "model" else {}))
+    return proto
+
+
+def graph_metadata(kind: str, cfg: SSDConfig, weights, thresholds: dict) -> dict[str, str]:
     metadata = {
         "ssdonnx.kind": kind,
         "ssdonnx.config": cfg.to_json(),
         "ssdonnx.version": __version__,
-        "ssdonnx.thresholds": json.dumps(graph.thresholds() if kind != "model" else {}),
+        "ssdonnx.thresholds": json.dumps(thresholds),
     }
     if kind != "loss":   # the loss has no parameters
         metadata["ssdonnx.weights"] = (f"sha256:{file_sha256(weights)}" if weights is not None
                                        else f"seed:{INIT_SEED}")
-    set_metadata(proto, metadata)
-    proto.doc_string = f"ssdonnx {__version__} {kind} for {cfg.name}"
-    return proto
+    return metadata
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -166,6 +202,9 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     proto.metadata_props.extend(kept)
     for key, value in metadata.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    if "ssdonnx.kind" in metadata:
+        proto.doc_string = (f"ssdonnx {__version__} {metadata['ssdonnx.kind']} for "
+                            f"{json.loads(metadata['ssdonnx.config'])['name']}")
 
 
 def read_info(path, kind: str | tuple[str, ...] | None = None) -> GraphInfo:
@@ -190,9 +229,13 @@ def read_info(path, kind: str | tuple[str, ...] | None = None) -> GraphInfo:
                                        source=f"{path} metadata"),
             version=meta.get("ssdonnx.version", "?"),
             thresholds=json.loads(meta.get("ssdonnx.thresholds", "{}")),
-            weights=meta.get("ssdonnx.weights", f"seed:{INIT_SEED}"),
+            weights="none" if meta["ssdonnx.kind"] == "loss" else
+            meta.get("ssdonnx.weights", f"seed:{INIT_SEED}"),
             opset=max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                      default=0))
+                      default=0),
+            precision=meta.get("ssdonnx.precision", "float32"),
+            calibration=json.loads(meta.get("ssdonnx.calibration", "null")),
+            float_source=json.loads(meta.get("ssdonnx.float_source", "null")))
     except (KeyError, json.JSONDecodeError, ValueError) as exc:
         raise OnnxFileError(f"{path}: unreadable ssdonnx metadata: {exc}") from None
     wanted = (kind,) if isinstance(kind, str) else kind

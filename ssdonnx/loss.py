@@ -6,10 +6,44 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from onnxscript import opset18 as op
 from torch import Tensor, nn
 
 from . import checks
 from .matching import match, pad_targets
+
+
+@torch.library.custom_op("ssdonnx::kth_largest", mutates_args=())
+def kth_largest(values: Tensor, k: Tensor) -> Tensor:
+    """The k-th largest value of each row: values [B, N], k int64 [B, 1] -> [B, 1].
+
+    k is taken in 1..N (k = 0 gives the largest). On the CPU a partial selection of the
+    batch's largest k (read on the host) does far less work than a full sort; on other
+    devices a full sort avoids that read, which would wait for the GPU. In ONNX: TopK.
+    """
+    k = k.clamp(1, values.shape[1])
+    if values.device.type == "cpu":
+        ranked = values.topk(int(k.max()), dim=1).values                       # [B, K]
+    else:
+        ranked = values.sort(1, descending=True).values                        # [B, N]
+    return ranked.gather(1, k - 1)
+
+
+@kth_largest.register_fake
+def _kth_largest_fake(values, k):
+    return values.new_empty((values.shape[0], 1))
+
+
+def kth_largest_onnx(values, k):
+    """ONNX translation of ``ssdonnx::kth_largest``: TopK of the batch's largest k."""
+    n = op.Shape(values, start=1, end=2)                                       # [1]
+    k = op.Min(op.Max(k, op.Constant(value_int=1)), n)                         # [B, 1]
+    largest = op.Reshape(op.ReduceMax(k, keepdims=1), op.Constant(value_ints=[1]))  # [1]
+    ranked, _ = op.TopK(values, largest, axis=1)                               # [B, K]
+    return op.GatherElements(ranked, op.Sub(k, op.Constant(value_int=1)), axis=1)
+
+
+ONNX_TRANSLATIONS = {torch.ops.ssdonnx.kth_largest.default: kth_largest_onnx}
 
 
 class MultiBoxLoss(nn.Module):
@@ -93,13 +127,12 @@ def multibox_loss(loc: Tensor, conf: Tensor, dbox: Tensor, targets: Tensor,
     ce = -F.log_softmax(conf, dim=2).gather(2, conf_t[..., None]).squeeze(2)  # [B, P]
 
     # Hard negative mining: keep each image's neg_pos * num_pos highest background losses
-    # (positives count as 0, as in the seed). One sort gives the k-th highest loss; boxes
-    # above it are negatives, and of those equal to it the first by index fill the places
-    # left. Masks throughout, no gather of a data-dependent size.
+    # (positives count as 0, as in the seed). Boxes above the k-th highest loss are
+    # negatives, and of those equal to it the first by index fill the places left.
+    # Masks throughout, no gather of a data-dependent size.
     mining = torch.where(pos, 0.0, ce.detach())
     num_neg = (num_pos * neg_pos).clamp(max=P)[:, None]                       # [B, 1]
-    ranked = mining.sort(1, descending=True).values                           # [B, P]
-    kth = ranked.gather(1, (num_neg - 1).clamp(min=0))                        # [B, 1]
+    kth = kth_largest(mining, num_neg)                                        # [B, 1]
     above = mining > kth
     tied = mining == kth
     places = num_neg - above.sum(1, keepdim=True)                             # [B, 1]

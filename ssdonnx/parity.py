@@ -161,3 +161,94 @@ def format_table(rows: list[ParityRow]) -> str:
              for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# int8 against float32: not bit parity. Detections with a score of at least INT8_SCORE
+# are compared per picture; two agree when their classes are equal and their boxes
+# overlap by IoU >= INT8_IOU. The check passes when each side finds at least
+# INT8_MIN_AGREEMENT of the other's detections.
+INT8_SCORE = 0.3
+INT8_IOU = 0.5
+INT8_MIN_AGREEMENT = 0.9
+
+
+@dataclass
+class Agreement:
+    """int8 detections held against float32 ones on the same pictures."""
+    pictures: int
+    float32: int             # float32 detections with score >= INT8_SCORE
+    int8: int
+    matched: int
+    score_diff: float        # mean |score difference| over matched pairs
+
+    @property
+    def found_of_float32(self) -> float:
+        return self.matched / self.float32 if self.float32 else 1.0
+
+    @property
+    def found_of_int8(self) -> float:
+        return self.matched / self.int8 if self.int8 else 1.0
+
+    @property
+    def passed(self) -> bool:
+        return min(self.found_of_float32, self.found_of_int8) >= INT8_MIN_AGREEMENT
+
+    def summary(self) -> str:
+        return (f"int8 vs float32 on {self.pictures} pictures (scores >= {INT8_SCORE}, same "
+                f"class, IoU >= {INT8_IOU}): float32 {self.float32} detections, int8 "
+                f"{self.int8}, matched {self.matched}: {self.found_of_float32:.1%} of "
+                f"float32's and {self.found_of_int8:.1%} of int8's found by the other "
+                f"(bound {INT8_MIN_AGREEMENT:.0%}), mean |score difference| "
+                f"{self.score_diff:.4f}: {'PASS' if self.passed else 'FAIL'}")
+
+
+def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod((rb - lt).clip(min=0), axis=1)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def compare_detection_sets(ref: list[np.ndarray], out: list[np.ndarray]) -> Agreement:
+    """Per picture, rows [k, 6] (x1, y1, x2, y2, score, class) of each side: in order of
+    reference score, each reference detection takes the unmatched detection of its class
+    that overlaps it most, if by IoU >= INT8_IOU."""
+    n_ref = n_out = matched = 0
+    diffs = []
+    for a, b in zip(ref, out):
+        a, b = a[a[:, 4] >= INT8_SCORE], b[b[:, 4] >= INT8_SCORE]
+        n_ref, n_out = n_ref + len(a), n_out + len(b)
+        free = np.ones(len(b), bool)
+        for row in a[np.argsort(-a[:, 4], kind="stable")]:
+            candidates = free & (b[:, 5] == row[5]) if len(b) else free
+            if not candidates.any():
+                continue
+            iou = np.where(candidates, _box_iou(row[:4], b[:, :4]), -1)
+            j = int(iou.argmax())
+            if iou[j] >= INT8_IOU:
+                free[j] = False
+                matched += 1
+                diffs.append(abs(float(b[j, 4]) - float(row[4])))
+    return Agreement(len(ref), n_ref, n_out, matched, float(np.mean(diffs)) if diffs else 0.0)
+
+
+def check_int8(info, session, weights, images: np.ndarray, batch: int = 8,
+               progress=None) -> Agreement:
+    """The int8 detector in ``session`` against its float32 PyTorch reference on
+    ``images`` [N, 3, S, S] (pre-processed pictures)."""
+    check_weights(info, weights)
+    graph = build_graph("detector", info.config, weights, info.thresholds or None)
+    ref, out = [], []
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch]
+        r = reference_outputs(graph, "detector", {"images": torch.from_numpy(x)})
+        o = session.run(images=x)
+        for dets, num, odets, onum in zip(r["detections"], r["num_detections"],
+                                          o["detections"], o["num_detections"]):
+            ref.append(dets[: int(num)])
+            out.append(np.asarray(odets)[: int(onum)])
+        if progress:
+            progress(len(x))
+    return compare_detection_sets(ref, out)

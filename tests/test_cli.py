@@ -266,7 +266,7 @@ def test_unwritable_output_fails_before_any_work(read_only_dir, tmp_path, monkey
 
     def no_work(*args, **kwargs):
         raise AssertionError("the export started before the destination was checked")
-    monkeypatch.setattr(ssdonnx.export, "_export_proto", no_work)
+    monkeypatch.setattr(ssdonnx.export, "graph_proto", no_work)
     assert_input_error(export_loss(read_only_dir / "loss.onnx"),
                        f"cannot write in {read_only_dir}")
     assert_input_error(export_loss(read_only_dir / "sub" / "loss.onnx"),

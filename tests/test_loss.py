@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -158,3 +159,42 @@ def test_sub_micro_boxes_give_the_seeds_loss():
     # Sides below boxes.ENCODE_MIN_SIZE pass validation, so their loss is the seed's.
     thin = torch.tensor([[0.3, 0.3, 0.3 + 5e-7, 0.6, 4.0], [0.1, 0.1, 0.5, 0.5, 2.0]])
     assert_equal_to_seed([thin], seed=11)
+
+
+@pytest.mark.parametrize("P", [1, 7, 300])
+def test_kth_largest_is_the_kth_value_of_a_full_sort(P):
+    from ssdonnx.loss import kth_largest
+
+    gen = torch.Generator().manual_seed(P)
+    # Rounded values: many ties, as mining losses have (positives and confident boxes).
+    values = (torch.randn(5, P, generator=gen) * 3).round()
+    k = torch.tensor([[0], [1], [P // 2], [P], [P + 5]])       # k is taken in 1..P
+    expected = values.sort(1, descending=True).values.gather(1, (k.clamp(1, P) - 1))
+    torch.testing.assert_close(kth_largest(values, k), expected, rtol=0, atol=0)
+
+
+def test_kth_largest_exports_to_topk(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from ssdonnx.export import ONNX_TRANSLATIONS
+    from ssdonnx.loss import kth_largest
+
+    class Kth(torch.nn.Module):
+        def forward(self, values, k):
+            return kth_largest(values, k)
+
+    gen = torch.Generator().manual_seed(0)
+    values, k = torch.randn(3, 50, generator=gen).round(), torch.tensor([[4], [0], [50]])
+    B = torch.export.Dim("B", min=1, max=64)
+    program = torch.onnx.export(Kth().eval(), (values, k), dynamo=True,
+                                custom_translation_table=ONNX_TRANSLATIONS,
+                                input_names=["values", "k"],
+                                dynamic_shapes={"values": {0: B}, "k": {0: B}})
+    program.save(str(tmp_path / "kth.onnx"))
+    assert "TopK" in {n.op_type for n in onnx.load(str(tmp_path / "kth.onnx")).graph.node}
+    sess = ort.InferenceSession(str(tmp_path / "kth.onnx"), providers=["CPUExecutionProvider"])
+    values, k = torch.randn(6, 50, generator=gen).round(), torch.tensor([[1], [2], [7], [0],
+                                                                            [49], [50]])
+    (out,) = sess.run(None, {"values": values.numpy(), "k": k.numpy()})
+    np.testing.assert_array_equal(out, kth_largest(values, k).numpy())

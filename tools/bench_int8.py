@@ -1,0 +1,11 @@
+"""The SSD300 detector in onnxruntime on the CPU: int8 (network quantized, head float32)
+against float32, B = 1, 8, in one run.
+
+    python tools/bench_int8.py [--repeat N] [--config NAME]
+"""
+import sys
+
+from ssdonnx.cli import main
+
+if __name__ == "__main__":
+    main(["bench", "detector", "--int8", "--provider", "cpu", "--batch", "1,8", *sys.argv[1:]])
