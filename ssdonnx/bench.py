@@ -36,20 +36,21 @@ class Timing:
     ratio: float = float("nan")   # baseline median / this median: > 1 is faster
 
 
-def measure(fn, repeat: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
+def timings(bench: str, batch: int, impls: list, repeat: int, warmup: int = 1
+            ) -> list[Timing]:
+    """Time each (name, fn) of ``impls`` ``repeat`` times, taking turns: on a noisy
+    machine a slow spell then hits every implementation alike, not one of them."""
+    for _, fn in impls:
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name, _ in impls}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _row(bench, batch, impl, times) -> Timing:
-    ms = [t * 1e3 for t in times]
-    return Timing(bench, batch, impl, statistics.median(ms), min(ms), max(ms))
+        for name, fn in impls:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return [Timing(bench, batch, name, statistics.median(ms), min(ms), max(ms))
+            for name, ms in times.items()]
 
 
 def _ratios(rows: list[Timing], baseline: str) -> list[Timing]:
@@ -127,14 +128,13 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
                 if sess.provider == device:   # CUDA tensors go through IOBinding
                     feeds = dict(loc=args[0], conf=args[1], targets=padded.to(device))
                     impls.append((f"onnxruntime {sess.provider}", partial(sess.run, **feeds)))
-                for impl, fn in impls:
-                    rows.append(_row("loss forward" + suffix, B, impl,
-                                     measure(partial(_synced, fn), repeat)))
+                rows += timings("loss forward" + suffix, B,
+                                [(impl, partial(_synced, fn)) for impl, fn in impls], repeat)
                 if backward:
-                    for impl, loss_fn in [("loop reference", seed), ("ssdonnx eager", ours)]:
-                        step = partial(_loss_step, loss_fn, *args)
-                        rows.append(_row("loss fwd+bwd" + suffix, B, impl,
-                                         measure(partial(_synced, step), repeat)))
+                    rows += timings("loss fwd+bwd" + suffix, B, [
+                        (impl, partial(_synced, partial(_loss_step, loss_fn, *args)))
+                        for impl, loss_fn in [("loop reference", seed), ("ssdonnx eager", ours)]],
+                        repeat)
     return _ratios(rows, "loop reference")
 
 
@@ -184,12 +184,11 @@ def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
             loc, conf = realistic_logits(torch.Generator().manual_seed(b), b, cfg.num_priors,
                                          cfg.num_classes)
             progress(f"head B={b}")
-            for impl, fn in [
-                    ("loop reference", partial(reference.detect_reference, loc, conf, dbox)),
-                    ("ssdonnx eager", partial(head, loc, conf)),
-                    (f"onnxruntime {sess.provider}",
-                     partial(sess.run, loc=loc.numpy(), conf=conf.numpy()))]:
-                rows.append(_row("detection head", b, impl, measure(fn, repeat)))
+            rows += timings("detection head", b, [
+                ("loop reference", partial(reference.detect_reference, loc, conf, dbox)),
+                ("ssdonnx eager", partial(head, loc, conf)),
+                (f"onnxruntime {sess.provider}",
+                 partial(sess.run, loc=loc.numpy(), conf=conf.numpy()))], repeat)
     return _ratios(rows, "loop reference")
 
 
@@ -227,20 +226,22 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
         for b in batches:
             images = example_inputs("detector", cfg, b, seed=b)["images"]
             progress(f"detector B={b}")
-            for device in devices:
-                rows.append(_row("detector", b, f"pytorch eager {device}", measure(
-                    partial(_eager, detector.to(device), images.to(device)), repeat)))
-            rows.append(_row("detector", b, f"onnxruntime {sess.provider}", measure(
-                partial(sess.run, images=images), repeat)))
+            impls = [(f"pytorch eager {device}",
+                      partial(_eager, detector.to(device), images.to(device)))
+                     for device in devices]
+            impls.append((f"onnxruntime {sess.provider}", partial(sess.run, images=images)))
             if int8:
-                float32 = rows[-1] if sess.provider == "cpu" else _row(
-                    "detector", b, "onnxruntime cpu", measure(partial(cpu.run, images=images),
-                                                              repeat))
-                rows.append(_row("detector", b, "onnxruntime cpu int8", measure(
-                    partial(quantized.run, images=images), repeat)))
-                rows += [Timing(**{**asdict(float32), "bench": "int8 vs float32",
-                                   "impl": "onnxruntime cpu float32"}),
-                         Timing(**{**asdict(rows[-1]), "bench": "int8 vs float32"})]
+                if sess.provider != "cpu":
+                    impls.append(("onnxruntime cpu", partial(cpu.run, images=images)))
+                impls.append(("onnxruntime cpu int8", partial(quantized.run, images=images)))
+            measured = timings("detector", b, impls, repeat)
+            rows += measured
+            if int8:   # the same measurements, int8 against float32 on the CPU
+                by_impl = {r.impl: r for r in measured}
+                rows += [Timing(**{**asdict(by_impl["onnxruntime cpu"]),
+                                   "bench": "int8 vs float32", "impl": "onnxruntime cpu float32"}),
+                         Timing(**{**asdict(by_impl["onnxruntime cpu int8"]),
+                                   "bench": "int8 vs float32"})]
     rows = _ratios([r for r in rows if r.bench == "detector"], "pytorch eager cpu") + \
         _ratios([r for r in rows if r.bench != "detector"], "onnxruntime cpu float32")
     return sorted(rows, key=lambda r: (r.bench != "detector", r.batch))

@@ -219,6 +219,8 @@ def export(kind, config, weights, output, opset, force, no_verify, int8, calibra
         raise click.ClickException(
             f"parity check failed for {', '.join(failed)}: not written (an existing file "
             "stays as it was); --no-verify writes it unchecked")
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
@@ -227,8 +229,8 @@ def export(kind, config, weights, output, opset, force, no_verify, int8, calibra
               help="Batch size of the check inputs [default: 3 and 1].")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
-              help="int8 detectors: pictures to compare on (a folder or a VOC-layout set) "
-                   "[default: the calibration pictures].")
+              help="int8 detectors: pictures to compare on (a folder or a VOC-layout set; "
+                   "its first 64) [default: the calibration pictures].")
 @_friendly
 def verify(file, weights, provider, batch, seed, data):
     """Rebuild FILE's PyTorch reference and compare it with onnxruntime.

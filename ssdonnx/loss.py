@@ -46,6 +46,30 @@ def kth_largest_onnx(values, k):
 ONNX_TRANSLATIONS = {torch.ops.ssdonnx.kth_largest.default: kth_largest_onnx}
 
 
+class BoxCrossEntropy(torch.autograd.Function):
+    """Per-box cross-entropy: conf [B, P, C] logits, target int64 [B, P] -> [B, P],
+    -log_softmax(conf)[target], as ``-F.log_softmax(conf, 2).gather(...)`` computes it
+    (which exports to plain ONNX ops, unlike SoftmaxCrossEntropyLoss).
+
+    The backward writes softmax(conf) * g - onehot(target) * g in one pass over
+    B x P x C; autograd's own would fill a zero gradient of that size, scatter into it,
+    then run the log-softmax backward over it.
+    """
+
+    @staticmethod
+    def forward(ctx, conf: Tensor, target: Tensor) -> Tensor:
+        log_p = F.log_softmax(conf, dim=2)                                      # [B, P, C]
+        ctx.save_for_backward(log_p, target)
+        return -log_p.gather(2, target[..., None]).squeeze(2)                  # [B, P]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        log_p, target = ctx.saved_tensors
+        g = grad[..., None]                                                    # [B, P, 1]
+        grad_conf = log_p.exp().mul_(g)
+        return grad_conf.scatter_add_(2, target[..., None], -g), None
+
+
 class MultiBoxLoss(nn.Module):
     """SSD's loss, a drop-in for the seed's ``MultiBoxLoss``, batched and exportable.
 
@@ -122,9 +146,9 @@ def multibox_loss(loc: Tensor, conf: Tensor, dbox: Tensor, targets: Tensor,
     smooth_l1 = F.smooth_l1_loss(loc, loc_t, reduction="none").sum(2)         # [B, P]
     loss_l = torch.where(pos, smooth_l1, 0.0).sum()
 
-    # Per-box cross-entropy; -log_softmax + gather exports to plain ONNX ops (no
+    # Per-box cross-entropy, exported as LogSoftmax + GatherElements (no
     # SoftmaxCrossEntropyLoss, which onnxruntime cannot run on CUDA).
-    ce = -F.log_softmax(conf, dim=2).gather(2, conf_t[..., None]).squeeze(2)  # [B, P]
+    ce = BoxCrossEntropy.apply(conf, conf_t)                                  # [B, P]
 
     # Hard negative mining: keep each image's neg_pos * num_pos highest background losses
     # (positives count as 0, as in the seed). Boxes above the k-th highest loss are

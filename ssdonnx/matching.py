@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .boxes import box_iou, cxcywh_to_xyxy, encode
+from .boxes import box_features, box_iou, cxcywh_to_xyxy, encode_features
 
 # The seed counts a truth's own best default box as overlap 2, above any real IoU.
 FORCED_OVERLAP = 2.0
@@ -88,8 +88,10 @@ def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,
     best_truth_idx = torch.where(forced, forced_truth, best_truth_idx)
     best_truth_overlap = torch.where(forced, FORCED_OVERLAP, best_truth_overlap)
 
-    matched = truths.gather(1, best_truth_idx[..., None].expand(B, P, 4))     # [B, P, 4]
+    # Encode each truth once, then gather its features per default box.
+    features = box_features(truths)                                           # [B, G1, 4]
+    matched = features.gather(1, best_truth_idx[..., None].expand(B, P, 4))   # [B, P, 4]
     conf_t = labels.gather(1, best_truth_idx).long() + 1                      # [B, P]
     conf_t = torch.where(best_truth_overlap < threshold, 0, conf_t)
-    loc_t = encode(matched, dbox, variances)                                  # [B, P, 4]
+    loc_t = encode_features(matched, dbox, variances)                         # [B, P, 4]
     return loc_t, conf_t

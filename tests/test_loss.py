@@ -198,3 +198,19 @@ def test_kth_largest_exports_to_topk(tmp_path):
                                                                             [49], [50]])
     (out,) = sess.run(None, {"values": values.numpy(), "k": k.numpy()})
     np.testing.assert_array_equal(out, kth_largest(values, k).numpy())
+
+
+def test_box_cross_entropy_gradient_is_autograds():
+    from ssdonnx.loss import BoxCrossEntropy
+
+    gen = torch.Generator().manual_seed(12)
+    conf = (torch.randn(3, 50, 7, generator=gen) * 4).requires_grad_()
+    target = torch.randint(0, 7, (3, 50), generator=gen)
+    weight = torch.rand(3, 50, generator=gen) * (torch.rand(3, 50, generator=gen) < 0.5)
+    ours = BoxCrossEntropy.apply(conf, target)
+    (ours * weight).sum().backward()
+    grad, conf.grad = conf.grad, None
+    ref = -torch.nn.functional.log_softmax(conf, 2).gather(2, target[..., None]).squeeze(2)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    (ref * weight).sum().backward()
+    torch.testing.assert_close(grad, conf.grad, rtol=1e-6, atol=1e-7)
