@@ -330,6 +330,7 @@ def format_simulated(report: SimulatedPlacement) -> str:
              for line in [header, *body]]
     on = Counter(n.provider for n in report.placed)
     shape = [n for n in report.placed if n.provider != CUDA and n.shape_work]
+    copies = Counter(n.op_type for n in report.placed if n.op_type.startswith("Memcpy"))
     lines = [f"{report.path}: simulated {CUDA} (onnxruntime-gpu {report.onnxruntime}: its "
              "kernel registry and partitioner, on stand-in CUDA libraries; no kernel ran)",
              *table,
@@ -337,7 +338,9 @@ def format_simulated(report: SimulatedPlacement) -> str:
              f"{len(report.without_kernel)} without a CUDA kernel",
              f"  optimised graph: {len(report.placed)} nodes, {on[CUDA]} on CUDA, "
              f"{len(shape)} shape-only on the CPU (int64, <= {SHAPE_MAX_SIZE} values), "
-             f"{len(report.cpu_compute)} compute nodes on the CPU"]
+             f"{len(report.cpu_compute)} compute nodes on the CPU",
+             "  copies between device and host: " + (", ".join(
+                 f"{k} {v}" for k, v in sorted(copies.items())) or "none")]
     lines += [f"  NO CUDA KERNEL: {n.op_type} {n.name or '(unnamed)'} (since "
               f"{n.since_version}, inputs {', '.join(n.input_types)})"
               for n in report.without_kernel]

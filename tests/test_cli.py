@@ -344,7 +344,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, when):
     code, stdout, stderr = run_and_interrupt(
         ["export", "loss", "--config", "ssd-shapes", "--output", out, "--force"], ready,
         tmp_path)
-    assert code == 130, (stdout, stderr)
+    # The shell reports 130 either way. ssdonnx exits with 130 (always, from the
+    # `ssdonnx` script); under `python -m` CPython sometimes re-raises SIGINT at the very
+    # end after "interrupted" and the cleanup, seen here as -2 (the shell: 128 + 2).
+    assert code in (130, -signal.SIGINT), (stdout, stderr)
     assert "Traceback" not in stderr and stderr.rstrip().endswith("interrupted")
     assert out.read_bytes() == b"previous version" and partials(tmp_path) == []
 
