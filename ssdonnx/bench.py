@@ -111,7 +111,7 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_graph("loss", cfg, Path(tmp) / "loss.onnx")
-        sess = Session(path, provider)
+        sess = Session(path, provider, spinning=False)
         for B in batches:
             gen = torch.Generator().manual_seed(B)
             loc, conf, targets = _loss_inputs(cfg, B, gen)
@@ -179,7 +179,7 @@ def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
                                         dynamic_shapes={"loc": {0: B}, "conf": {0: B}})
         path = Path(tmp) / "head.onnx"
         program.save(str(path), external_data=False)
-        sess = Session(path, provider)
+        sess = Session(path, provider, spinning=False)
         for b in batches:
             loc, conf = realistic_logits(torch.Generator().manual_seed(b), b, cfg.num_priors,
                                          cfg.num_classes)
@@ -213,15 +213,16 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = export_graph("detector", cfg, Path(tmp) / "detector.onnx")
-        sess = Session(path, provider)
-        cpu = Session(path, "cpu") if int8 else None
+        sess = Session(path, provider, spinning=False)
+        cpu = Session(path, "cpu", spinning=False) if int8 else None
         if int8:
             from .shapes import write_shapes
 
             progress(f"int8 detector, calibrated on {BENCH_CALIBRATION} generated pictures")
             pictures = write_shapes(Path(tmp) / "calibration", 0, BENCH_CALIBRATION)
             quantized = Session(export_graph("detector", cfg, Path(tmp) / "int8.onnx",
-                                             calibration=pictures), "cpu")
+                                             calibration=pictures), "cpu",
+                                spinning=False)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for b in batches:
             images = example_inputs("detector", cfg, b, seed=b)["images"]

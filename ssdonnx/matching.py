@@ -88,9 +88,12 @@ def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,
     best_truth_idx = torch.where(forced, forced_truth, best_truth_idx)
     best_truth_overlap = torch.where(forced, FORCED_OVERLAP, best_truth_overlap)
 
-    # Encode each truth once, then gather its features per default box.
-    features = box_features(truths)                                           # [B, G1, 4]
-    matched = features.gather(1, best_truth_idx[..., None].expand(B, P, 4))   # [B, P, 4]
+    # Encode each truth once, then take its row of features per default box: one index
+    # per box into the batch's [B * G1, 4] table, an ONNX Gather (a gather along G1 needs
+    # an index per coordinate, a [B, P, 4] int64 tensor that onnxruntime materialises).
+    features = box_features(truths).flatten(0, 1)                            # [B * G1, 4]
+    rows = best_truth_idx + torch.arange(B, device=dbox.device)[:, None] * G1  # [B, P]
+    matched = features.index_select(0, rows.flatten()).view(B, P, 4)          # [B, P, 4]
     conf_t = labels.gather(1, best_truth_idx).long() + 1                      # [B, P]
     conf_t = torch.where(best_truth_overlap < threshold, 0, conf_t)
     loc_t = encode_features(matched, dbox, variances)                         # [B, P, 4]

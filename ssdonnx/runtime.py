@@ -47,12 +47,14 @@ def provider_problem(name: str) -> str | None:
     return None
 
 
-def _options(threads: int | None) -> ort.SessionOptions:
+def _options(threads: int | None, spinning: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4   # failures reach the caller as ProviderError instead
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -83,15 +85,17 @@ class Session:
     session's first provider) or ``auto`` (CUDA when it truly loads, else CPU; ``note``
     says which and why). ``run`` takes NumPy arrays or torch tensors; tensors already on
     a CUDA device go through IOBinding (``run_torch``) and the outputs come back as CUDA
-    tensors.
+    tensors. ``spinning=False`` stops idle onnxruntime threads from spin-waiting for the
+    next run (its default, fastest for back-to-back runs), which would slow whatever runs
+    next on the same cores: the benchmarks, which take turns with PyTorch, turn it off.
     """
 
     def __init__(self, path, provider: str = "auto", threads: int | None = None,
-                 profile: str | Path | None = None):
+                 profile: str | Path | None = None, spinning: bool = True):
         if provider not in ("auto", "cpu", "cuda"):
             raise ValueError(f"provider: expected auto, cpu or cuda, got {provider!r}")
         path = str(Path(path))
-        opts = _options(threads)
+        opts = _options(threads, spinning)
         if profile is not None:   # onnxruntime writes <profile>_<timestamp>.json
             opts.enable_profiling = True
             opts.profile_file_prefix = str(profile)
