@@ -91,8 +91,10 @@ def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,
     # Encode each truth once, then take its row of features per default box: one index
     # per box into the batch's [B * G1, 4] table, an ONNX Gather (a gather along G1 needs
     # an index per coordinate, a [B, P, 4] int64 tensor that onnxruntime materialises).
+    # The row offsets come from one Range of shape values, which onnxruntime's CUDA
+    # provider takes on the host: no copy to the device.
     features = box_features(truths).flatten(0, 1)                            # [B * G1, 4]
-    rows = best_truth_idx + torch.arange(B, device=dbox.device)[:, None] * G1  # [B, P]
+    rows = best_truth_idx + torch.arange(0, B * G1, G1, device=dbox.device)[:, None]  # [B, P]
     matched = features.index_select(0, rows.flatten()).view(B, P, 4)          # [B, P, 4]
     conf_t = labels.gather(1, best_truth_idx).long() + 1                      # [B, P]
     conf_t = torch.where(best_truth_overlap < threshold, 0, conf_t)

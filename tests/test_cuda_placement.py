@@ -4,6 +4,7 @@ CUDAExecutionProvider (ssdonnx.placement.simulate_cuda, on stand-in CUDA librari
 Negative controls show that the check fails where it should."""
 
 import shutil
+from collections import Counter
 
 import onnx
 import pytest
@@ -39,6 +40,10 @@ KEY_OPS = {"ssd300-voc loss": {"LogSoftmax", "TopK", "CumSum", "ArgMax", "Scatte
            "ssd300-voc model": {"Conv", "MaxPool", "Relu", "Sqrt", "Concat"},
            "ssd-shapes detector": {"Conv", "NonMaxSuppression"}}
 
+# Copies between device and host that onnxruntime inserts: only the loss's one, the K of
+# TopK (CUDA TopK takes K on the host; K is computed on the device from the positives).
+COPIES = {"ssd300-voc loss": {"MemcpyToHost": 1}}
+
 
 @pytest.mark.parametrize("name", sorted(KEY_OPS))
 def test_every_compute_node_has_a_cuda_kernel_and_is_placed_on_cuda(simulated, name):
@@ -53,6 +58,8 @@ def test_every_compute_node_has_a_cuda_kernel_and_is_placed_on_cuda(simulated, n
     # What stays on the CPU is shape arithmetic: a few int64 values.
     assert all(n.shape_work for n in on_cpu)
     assert sum(n.provider == CUDA for n in report.placed) > 0.9 * len(report.placed)
+    copies = Counter(n.op_type for n in report.placed if n.op_type.startswith("Memcpy"))
+    assert copies == COPIES.get(name, {}), format_simulated(report)
 
 
 def control(tmp_path, name, nodes, inputs, out_type):

@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_commands():
 
 
 def test_every_readme_number_names_its_command():
-    for table in ("tools/bench_loss.py", "tools/bench_detect.py"):
+    for table in ("tools/bench_loss.py", "tools/bench_detect.py", "tools/bench_int8.py"):
         assert f"`python {table}" in README
     assert "python tools/bench_" in (ROOT / ".ci" / "run").read_text()
 

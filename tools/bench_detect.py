@@ -1,5 +1,5 @@
-"""Detection head vs the seed's Detect loop, and the whole SSD300 detector in eager
-PyTorch vs onnxruntime, B = 1, 8.
+"""Detection head (decode + NMS) vs the seed's Detect loop: ssdonnx eager and onnxruntime,
+B = 1, 8. (The whole SSD300 detector, float32 and int8: tools/bench_int8.py.)
 
     python tools/bench_detect.py [--repeat N] [--provider auto|cpu|cuda]
 """
@@ -8,10 +8,4 @@ import sys
 from ssdonnx.cli import main
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    for what in ("head", "detector"):
-        try:
-            main(["bench", what, "--batch", "1,8", *args], standalone_mode=False)
-        except SystemExit as exc:
-            if exc.code:
-                raise
+    main(["bench", "head", "--batch", "1,8", *sys.argv[1:]])

@@ -1,5 +1,6 @@
-"""The SSD300 detector in onnxruntime on the CPU: int8 (network quantized, head float32)
-against float32, B = 1, 8, in one run.
+"""The whole SSD300 detector on the CPU: eager PyTorch, onnxruntime float32, and
+onnxruntime int8 (network quantized, head float32), B = 1, 8, in one run; then int8
+against float32.
 
     python tools/bench_int8.py [--repeat N] [--config NAME]
 """

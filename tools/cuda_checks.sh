@@ -13,3 +13,4 @@ ssdonnx export all --config ssd300-voc --output "$graphs" --no-verify
 python tools/placement.py "$graphs/loss.onnx" "$graphs/detector.onnx"
 python tools/bench_loss.py --provider cuda
 python tools/bench_detect.py --provider cuda
+ssdonnx bench detector --provider cuda --batch 1,8
