@@ -316,9 +316,13 @@ def test_ctrl_c_during_the_check_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def run_and_interrupt(args, after, cwd):
-    """Start `python -m ssdonnx.cli ARGS`, send SIGINT once ``after(stderr so far)`` holds."""
+    """Start `python -m ssdonnx.cli ARGS`, send SIGINT once ``after(stderr so far)`` holds.
+
+    The child gets SIGINT's default disposition: a test run started in the background by a
+    shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     proc = subprocess.Popen([sys.executable, "-m", "ssdonnx.cli", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     os.set_blocking(proc.stderr.fileno(), False)
     deadline = time.monotonic() + 120
