@@ -36,6 +36,9 @@ def main(out):
     dist.all_reduce(grads)                 # DDP sums the contributions, then divides by W
     if rank == 0:
         torch.save(grads / world, out)
+    # Tear down together: a rank that destroys the group while the other still works in
+    # it can abort in gloo's shutdown (seen once in CI: SIGABRT, "terminate called").
+    dist.barrier()
     dist.destroy_process_group()
 
 
