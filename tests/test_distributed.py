@@ -23,9 +23,16 @@ def test_global_normalisation_matches_single_process(tmp_path):
     here = Path(__file__).resolve().parent
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2",
-                           str(here / "ddp_step.py"), str(tmp_path / "grad.pt")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    def ddp_step():
+        return subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2",
+                               str(here / "ddp_step.py"), str(tmp_path / "grad.pt")],
+                              capture_output=True, text=True, env=env, timeout=300)
+    proc = ddp_step()
+    if proc.returncode != 0 and "(SIGABRT)" in proc.stderr:
+        # A rank aborted inside gloo ("terminate called without an active exception"):
+        # seen in 2 of 4 full CI runs on a 2-core machine, never with this test run alone
+        # (10 runs). Not what the test is about: one retry; a second abort still fails.
+        proc = ddp_step()
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(tmp_path / "grad.pt")
 
