@@ -19,7 +19,8 @@ def kth_largest(values: Tensor, k: Tensor) -> Tensor:
 
     k is taken in 1..N (k = 0 gives the largest). On the CPU a partial selection of the
     batch's largest k (read on the host) does far less work than a full sort; on other
-    devices a full sort avoids that read, which would wait for the GPU. In ONNX: TopK.
+    devices a full sort avoids that read, which would wait for the GPU. In ONNX: TopK of
+    all N, for the same reason.
     """
     k = k.clamp(1, values.shape[1])
     if values.device.type == "cpu":
@@ -35,11 +36,12 @@ def _kth_largest_fake(values, k):
 
 
 def kth_largest_onnx(values, k):
-    """ONNX translation of ``ssdonnx::kth_largest``: TopK of the batch's largest k."""
+    """ONNX translation of ``ssdonnx::kth_largest``: a TopK of all N values (a full
+    sort). Its K comes from the shape alone: a K computed from the data would be read on
+    the host by onnxruntime's CUDA TopK, a wait for the GPU on every run."""
     n = op.Shape(values, start=1, end=2)                                       # [1]
     k = op.Min(op.Max(k, op.Constant(value_int=1)), n)                         # [B, 1]
-    largest = op.Reshape(op.ReduceMax(k, keepdims=1), op.Constant(value_ints=[1]))  # [1]
-    ranked, _ = op.TopK(values, largest, axis=1)                               # [B, K]
+    ranked, _ = op.TopK(values, n, axis=1)                                     # [B, N]
     return op.GatherElements(ranked, op.Sub(k, op.Constant(value_int=1)), axis=1)
 
 
