@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import InputError, InputTypeError
+
 # Box coordinates may stray this far outside [0, 1] (rounding of pixel annotations,
 # for example a 1-based VOC xmax divided by the width); they are used as given.
 COORD_TOLERANCE = 1e-2
@@ -23,23 +25,23 @@ def is_exporting() -> bool:
 
 def require_tensor(x, name: str) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
 
 
 def require_float(x: Tensor, name: str) -> None:
     require_tensor(x, name)
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+        raise InputTypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
 
 
 def require_shape(x: Tensor, name: str, shape: str, rank: int, **sizes: int) -> None:
     """Check rank and named sizes; ``shape`` is the contract, such as '[B, P, 4]'."""
     if x.dim() != rank:
-        raise ValueError(f"{name}: expected shape {shape}, got {list(x.shape)}")
+        raise InputError(f"{name}: expected shape {shape}, got {list(x.shape)}")
     for axis, size in sizes.items():
         i = int(axis[1:])
         if x.shape[i] != size:
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected shape {shape} with size {size} at dim {i}, "
                 f"got {list(x.shape)}")
 
@@ -52,14 +54,14 @@ def require_finite(x: Tensor, name: str, what: str = "values") -> None:
     bad = ~torch.isfinite(x)
     if bad.any():
         where = [int(v) for v in bad.nonzero()[0]]
-        raise ValueError(f"{name}: non-finite {what} (NaN or inf) at index {where}")
+        raise InputError(f"{name}: non-finite {what} (NaN or inf) at index {where}")
 
 
 def require_same_device(**tensors: Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"tensors on different devices: {listed}")
+        raise InputError(f"tensors on different devices: {listed}")
 
 
 def check_targets(targets: Tensor, num_classes: int | None = None,
@@ -101,7 +103,7 @@ def check_targets(targets: Tensor, num_classes: int | None = None,
         if bad.any():
             b, g = (int(v) for v in bad.nonzero()[0])
             row = [round(float(v), 6) for v in t[b, g]]
-            raise ValueError(f"{name}: image {b}, row {g}: {what}: {row}")
+            raise InputError(f"{name}: image {b}, row {g}: {what}: {row}")
 
 
 def check_predictions(loc: Tensor, conf: Tensor, dbox: Tensor) -> None:
@@ -114,7 +116,7 @@ def check_predictions(loc: Tensor, conf: Tensor, dbox: Tensor) -> None:
     require_shape(loc, "loc", "[B, P, 4]", 3, d1=P, d2=4)
     require_shape(conf, "conf", "[B, P, C]", 3, d0=loc.shape[0], d1=P)
     if conf.shape[2] < 2:
-        raise ValueError(f"conf: expected C >= 2 classes (background + 1), got {conf.shape[2]}")
+        raise InputError(f"conf: expected C >= 2 classes (background + 1), got {conf.shape[2]}")
     require_same_device(loc=loc, conf=conf, dbox=dbox)
     require_finite(loc.detach(), "loc")
     require_finite(conf.detach(), "conf", "logits")

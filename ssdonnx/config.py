@@ -1,4 +1,5 @@
-"""SSD configuration: one frozen dataclass and the JSON presets in ``models/``."""
+"""SSD configuration: one frozen dataclass and the named JSON presets that ship inside the
+package (``ssdonnx/presets/*.json``, read with ``importlib.resources``)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
 
-# Presets live beside the package, in the repository's ``models/`` folder.
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The presets: package data, present in an editable install, a wheel and a zip alike.
+PRESETS = resources.files("ssdonnx") / "presets"
 
 
 @dataclass(frozen=True)
 class SSDConfig:
-    # Preset name; also the folder under models/ that export writes to.
+    # Preset name; also the folder (models/<name>/) that export writes to by default.
     name: str
     # Square input side in pixels (SSD300: 300, SSD512: 512).
     input_size: int
@@ -138,7 +140,8 @@ def source_map_sizes(input_size: int, extras) -> list[int]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+    return sorted(p.name.removesuffix(".json") for p in PRESETS.iterdir()
+                  if p.name.endswith(".json"))
 
 
 def get_config(name_or_path: str | Path | SSDConfig) -> SSDConfig:
@@ -148,12 +151,13 @@ def get_config(name_or_path: str | Path | SSDConfig) -> SSDConfig:
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith(".json") or path.exists()):
-        path = PRESETS_DIR / f"{text}.json"
-        if not path.exists():
+        if text not in preset_names():
             raise ConfigError(
                 f"unknown config {text!r}; presets: {', '.join(preset_names())} "
                 "(or give the path of a JSON file)"
             )
+        return SSDConfig.from_dict(json.loads((PRESETS / f"{text}.json").read_text()),
+                                   source=f"preset {text!r}")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:

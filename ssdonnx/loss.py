@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from onnxscript import opset18 as op
 from torch import Tensor, nn
 
 from . import checks
+from .errors import InputError
 from .matching import match, pad_targets
 
 
@@ -39,6 +39,7 @@ def kth_largest_onnx(values, k):
     """ONNX translation of ``ssdonnx::kth_largest``: a TopK of all N values (a full
     sort). Its K comes from the shape alone: a K computed from the data would be read on
     the host by onnxruntime's CUDA TopK, a wait for the GPU on every run."""
+    from onnxscript import opset18 as op  # only when exporting: it costs seconds
     n = op.Shape(values, start=1, end=2)                                       # [1]
     k = op.Min(op.Max(k, op.Constant(value_int=1)), n)                         # [B, 1]
     ranked, _ = op.TopK(values, n, axis=1)                                     # [B, N]
@@ -96,7 +97,7 @@ class MultiBoxLoss(nn.Module):
                  validate: bool = True, normalize: str = "batch"):
         super().__init__()
         if normalize not in ("batch", "global"):
-            raise ValueError(f"normalize: expected 'batch' or 'global', got {normalize!r}")
+            raise InputError(f"normalize: expected 'batch' or 'global', got {normalize!r}")
         self.jaccard_thresh = jaccard_thresh
         self.negpos_ratio = neg_pos
         self.device = device  # accepted for compatibility; computation follows the inputs
@@ -117,10 +118,10 @@ class MultiBoxLoss(nn.Module):
             checks.require_same_device(loc=loc, targets=targets)
             checks.check_targets(targets, conf.shape[2])
             if targets.shape[0] != loc.shape[0]:
-                raise ValueError(f"targets: {targets.shape[0]} images, loc and conf have "
+                raise InputError(f"targets: {targets.shape[0]} images, loc and conf have "
                                  f"{loc.shape[0]}")
             if self.num_classes is not None and conf.shape[2] != self.num_classes:
-                raise ValueError(f"conf: expected {self.num_classes} classes, got "
+                raise InputError(f"conf: expected {self.num_classes} classes, got "
                                  f"{conf.shape[2]}")
         loc, conf = loc.float(), conf.float()
         targets = targets.to(dtype=loc.dtype, device=loc.device)

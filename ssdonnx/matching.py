@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import checks
 from .boxes import box_features, box_iou, cxcywh_to_xyxy, encode_features
+from .errors import InputError, InputTypeError
 
 # The seed counts a truth's own best default box as overlap 2, above any real IoU.
 FORCED_OVERLAP = 2.0
@@ -21,14 +22,14 @@ def pad_targets(targets: Sequence[Tensor], validate: bool = True) -> Tensor:
     objects is a [0, 5] tensor. G = max n_i; padding rows are zeros with label -1.
     """
     if isinstance(targets, Tensor) or not isinstance(targets, Sequence):
-        raise TypeError("targets: expected a list of [n_i, 5] tensors, "
+        raise InputTypeError("targets: expected a list of [n_i, 5] tensors, "
                         f"got {type(targets).__name__}")
     if len(targets) == 0:
-        raise ValueError("targets: empty list; expected one [n_i, 5] tensor per image")
+        raise InputError("targets: empty list; expected one [n_i, 5] tensor per image")
     for i, t in enumerate(targets):
         checks.require_float(t, f"targets[{i}]")
         if t.dim() != 2 or t.shape[1] != 5:
-            raise ValueError(f"targets[{i}]: expected shape [n, 5], got {list(t.shape)}")
+            raise InputError(f"targets[{i}]: expected shape [n, 5], got {list(t.shape)}")
     if validate:
         checks.require_same_device(**{f"targets[{i}]": t for i, t in enumerate(targets)})
     dtype = targets[0].dtype

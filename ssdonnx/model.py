@@ -77,7 +77,13 @@ class L2Norm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps
+        # The seed divides by norm + eps. Exported, that sum is folded to norm (the
+        # exporter's optimizer drops adding a tiny constant), and all-zero features, which
+        # flat pictures give, become 0/0 = NaN in ONNX. max(norm, eps) is a guard no
+        # optimiser can drop; it equals the seed's divisor in float32 wherever
+        # norm >= 2e-3 (eps is below half an ulp there), is within eps / norm of it
+        # below, and gives 0, as the seed does, where the features are all zero.
+        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt().clamp(min=self.eps)
         return self.weight[None, :, None, None] * (x / norm)
 
 
@@ -141,19 +147,26 @@ class SSD(nn.Module):
         return loc, conf
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state_dict in a checkpoint file: a plain state_dict, or a dict holding one under
-    ``state_dict``, ``model`` or ``net``. Only tensors are loaded (weights_only=True)."""
+def read_checkpoint_object(path: str | Path):
+    """What a checkpoint file holds, loaded with ``weights_only=True`` (tensors and plain
+    containers only, no code), or CheckpointError saying why it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
-            ValueError, OSError, AttributeError, KeyError, IndexError) as exc:
+            ValueError, OSError, AttributeError, KeyError, IndexError, TypeError,
+            MemoryError, RecursionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated, corrupt or not a "
-                              f"PyTorch checkpoint: {first}") from None
+                              f"PyTorch checkpoint: {first[:200]}") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state_dict in a checkpoint file: a plain state_dict, or a dict holding one under
+    ``state_dict``, ``model`` or ``net``. Only tensors are loaded (weights_only=True)."""
+    obj = read_checkpoint_object(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "net"):
             if isinstance(obj.get(key), dict):

@@ -1,8 +1,25 @@
-"""Picture files for ``ssdonnx detect``: which to read, and unique names for the results."""
+"""Picture files: which to read, and reading them as every command does.
+
+One reader for ``detect``, ``evaluate``, training data and int8 calibration, so that a
+picture means the same everywhere: the EXIF orientation applied (a phone photo stored
+sideways is seen upright), transparency composited on white, 16-bit pictures scaled to
+8 bits, and files that would mislead or exhaust the reader refused by name.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+# Pictures larger than this (pixels) are refused before they are decoded: Pillow's own
+# decompression-bomb warning limit (about 89 million pixels, 9459 x 9459), which every
+# camera picture stays under.
+MAX_PICTURE_PIXELS = 89_478_485
+# 16-bit integer modes: scaled to 8 bits by value / 257 (65535 -> 255).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def readable_suffixes() -> set[str]:
@@ -21,7 +38,7 @@ def collect(paths, skip: Path | None = None) -> list[tuple[Path, Path]]:
 
     ``skip``: a folder whose files are left out of folder searches (the output folder,
     when it lies inside an input folder, so that earlier results are not read as input).
-    Raises FileNotFoundError for a path that does not exist.
+    Raises DataError for a path that does not exist.
     """
     suffixes = readable_suffixes()
     skip = skip.resolve() if skip is not None else None
@@ -36,7 +53,7 @@ def collect(paths, skip: Path | None = None) -> list[tuple[Path, Path]]:
         elif p.is_file():
             items = [(p, Path(p.name))]
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise DataError(f"{p}: no such file or folder")
         for f, rel in items:
             if f.resolve() not in seen:
                 seen.add(f.resolve())
@@ -44,29 +61,86 @@ def collect(paths, skip: Path | None = None) -> list[tuple[Path, Path]]:
     return found
 
 
-def result_names(pictures: list[tuple[Path, Path]]) -> list[Path]:
-    """A distinct .png name per picture, relative to the output folder: its relative
-    name with the suffix .png (``a.jpg`` -> ``a.png``); where pictures of different
-    formats would share one (``a.jpg`` and ``a.png``), each keeps its format in the name
-    (``a_jpg.png``, ``a_png.png``); names still equal (one name in several folders) are
-    numbered (``b.png``, ``b-2.png``)."""
-    plain = [rel.with_suffix(".png") for _, rel in pictures]
-    formats: dict[Path, set[str]] = {}
-    for (_, rel), name in zip(pictures, plain):
-        formats.setdefault(name, set()).add(rel.suffix.lower())
-    names = [rel.with_name(f"{rel.stem}_{rel.suffix.lstrip('.').lower()}.png")
-             if len(formats[name]) > 1 else name for (_, rel), name in zip(pictures, plain)]
-    unique: list[Path | None] = [None] * len(names)
-    used = set()
-    for i, name in enumerate(names):          # first comers keep their names
-        if name not in used:
-            used.add(name)
-            unique[i] = name
-    for i, name in enumerate(names):          # the others get the first free number
-        if unique[i] is None:
-            k = 2
-            while name.with_name(f"{name.stem}-{k}.png") in used:
-                k += 1
-            unique[i] = name.with_name(f"{name.stem}-{k}.png")
-            used.add(unique[i])
-    return unique
+def collect_pictures(folder, limit: int | None = None) -> list[Path]:
+    """The first ``limit`` pictures (sorted by path) of a folder, searched recursively
+    for every format Pillow reads, or of a VOC-layout data set's JPEGImages/."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    voc = folder / "JPEGImages"
+    files = sorted(f for f, _ in collect([voc if voc.is_dir() else folder]))
+    files = files[:limit] if limit else files
+    if not files:
+        raise DataError(f"{folder} holds no pictures (of a format Pillow reads)")
+    return files
+
+
+def _to_8bit(image, path):
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES or (mode == "I" and image.format == "PNG"):
+        # PNG's only deeper grey is 16-bit, which some Pillow versions open as "I".
+        array = np.asarray(image, dtype=np.float64) / 257
+        return array.clip(0, 255).round().astype(np.uint8)
+    if mode in ("I", "F"):
+        kind = "32-bit integer" if mode == "I" else "floating-point"
+        raise DataError(f"{path}: a {kind} picture has no defined 0..255 range; save it "
+                        "with 8 or 16 bits per channel")
+    return None
+
+
+def read_picture(path):
+    """The picture at ``path`` as a PIL RGB image, as ssdonnx's commands see it.
+
+    The EXIF orientation is applied; transparency is composited on white; 16-bit grey
+    is scaled to 8 bits. Raises DataError naming the file for a file Pillow cannot read,
+    a truncated one, a picture over ``MAX_PICTURE_PIXELS`` (checked before decoding), a
+    32-bit or floating-point picture, or a size of 0.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from .transforms import to_rgb
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            if w * h > MAX_PICTURE_PIXELS:
+                raise DataError(f"{path}: {w} x {h} pixels is more than ssdonnx reads "
+                                f"({MAX_PICTURE_PIXELS:,}); a decompression bomb, or a "
+                                "picture to scale down first")
+            if w == 0 or h == 0:
+                raise DataError(f"{path}: the picture is {w} x {h} pixels")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            eight = _to_8bit(image, path)
+            if eight is not None:
+                return Image.fromarray(eight).convert("RGB")
+            return to_rgb(image)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+            EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable picture ({first})") from None
+
+
+def picture_array(path) -> np.ndarray:
+    """``read_picture`` as an RGB array, HWC uint8."""
+    return np.asarray(read_picture(path))
+
+
+def load_batch(files, cfg) -> np.ndarray:
+    """Pictures pre-processed for the network of ``cfg``: float32 [N, 3, S, S]. Raises
+    DataError naming every picture that cannot be read."""
+    from .transforms import preprocess
+
+    arrays, failed = [], []
+    for f in files:
+        try:
+            arrays.append(preprocess(read_picture(f), cfg.input_size).numpy())
+        except DataError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise DataError(f"{len(failed)} of {len(files)} pictures cannot be read: "
+                        f"{'; '.join(failed[:3])}{'; ...' if len(failed) > 3 else ''}")
+    return np.stack(arrays)

@@ -8,7 +8,6 @@ serves both without torchvision and without an export mode.
 from __future__ import annotations
 
 import torch
-from onnxscript import opset18 as op
 from torch import Tensor, nn
 
 from . import checks
@@ -70,6 +69,7 @@ def _nms_fake(boxes, scores, iou_threshold, score_threshold):
 
 def nms_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
     """ONNX translation of ``ssdonnx::nms``: NonMaxSuppression, then a keep mask."""
+    from onnxscript import opset18 as op  # only when exporting: it costs seconds
     N_k = op.Shape(scores)
     k = op.Shape(scores, start=1, end=2)
     selected = op.NonMaxSuppression(

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InputError, InputTypeError
+
 # The seed's colour mean, in its BGR order (ssd.pytorch / pytorch_advanced: 104, 117, 123).
 MEAN_BGR = (104.0, 117.0, 123.0)
 
@@ -41,10 +43,10 @@ def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         if array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"image: expected an HWC array with 3 channels, got shape "
+            raise InputError(f"image: expected an HWC array with 3 channels, got shape "
                              f"{list(array.shape)}")
         if not np.issubdtype(array.dtype, np.number):
-            raise TypeError(f"image: expected numeric pixels, got {array.dtype}")
+            raise InputTypeError(f"image: expected numeric pixels, got {array.dtype}")
         if array.shape[2] == 4:
             alpha = array[..., 3:].astype(np.float32) / 255
             array = array[..., :3] * alpha + 255 * (1 - alpha)
@@ -53,7 +55,7 @@ def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
     elif hasattr(image, "convert"):
         array = np.asarray(to_rgb(image))
     else:
-        raise TypeError(f"image: expected a PIL image or a NumPy array, got "
+        raise InputTypeError(f"image: expected a PIL image or a NumPy array, got "
                         f"{type(image).__name__}")
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     if size is not None and tuple(x.shape[1:]) != (size, size):

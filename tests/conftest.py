@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ssdonnx.cli import main
+from ssdonnx.app.cli import main
 
 
 def invoke(*args):

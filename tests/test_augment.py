@@ -6,7 +6,7 @@ Labels are set to each box's index, so every output box can be traced to its inp
 import numpy as np
 import pytest
 
-from ssdonnx import augment as A
+from ssdonnx.training import augment as A
 
 DRAWS = 300
 

@@ -2,7 +2,7 @@ import torch
 
 from ssdonnx import boxes
 from helpers import random_boxes
-from ssdonnx.reference import decode, encode, jaccard, point_form
+from ssdonnx.testing.reference import decode, encode, jaccard, point_form
 
 # Hand-checked: unit squares overlapping by half, and a box inside another.
 A = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.4, 0.4]])

@@ -10,10 +10,10 @@ from hypothesis import given, settings, strategies as st
 
 import ssdonnx
 from ssdonnx.checks import COORD_TOLERANCE
-from ssdonnx.graphs import LossGraph
+from ssdonnx.deploy.graphs import LossGraph
 from ssdonnx.postprocess import detect
 from helpers import dbox, random_predictions, random_targets
-from ssdonnx.reference import multibox_loss_reference
+from ssdonnx.testing.reference import multibox_loss_reference
 
 # A few hundred examples in CI; tools/fuzz.py raises this for long runs.
 EXAMPLES = int(os.environ.get("SSDONNX_FUZZ_EXAMPLES", "60"))
@@ -173,7 +173,7 @@ _SESSIONS = {}
 
 
 def _loss_session(path):
-    from ssdonnx.runtime import Session
+    from ssdonnx.deploy.runtime import Session
     if path not in _SESSIONS:
         _SESSIONS[path] = Session(path, "cpu")
     return _SESSIONS[path]

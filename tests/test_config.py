@@ -6,7 +6,7 @@ import torch
 
 import ssdonnx
 from ssdonnx.config import ConfigError, preset_names
-from ssdonnx.reference import dbox_reference
+from ssdonnx.testing.reference import dbox_reference
 
 SEED_SSD300 = dict(input_size=300, num_classes=21, feature_maps=(38, 19, 10, 5, 3, 1),
                    steps=(8, 16, 32, 64, 100, 300), min_sizes=(30, 60, 111, 162, 213, 264),

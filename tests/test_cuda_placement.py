@@ -1,6 +1,6 @@
 """The CUDA claim without a GPU: every compute node of the exported graphs has a kernel in
 onnxruntime-gpu's CUDA registry, and its partitioner puts every compute node on
-CUDAExecutionProvider (ssdonnx.placement.simulate_cuda, on stand-in CUDA libraries).
+CUDAExecutionProvider (ssdonnx.devtools.placement.simulate_cuda_placement, on stand-in CUDA libraries).
 Negative controls show that the check fails where it should."""
 
 import shutil
@@ -12,8 +12,8 @@ from onnx import TensorProto as T
 from onnx import helper
 
 from conftest import invoke
-from ssdonnx.placement import (CPU, CUDA, _is_shape_work, format_simulated,
-                               parse_partitioner_log, simulate_cuda)
+from ssdonnx.devtools.placement import (CPU, CUDA, _is_shape_work, format_simulated,
+                               parse_partitioner_log, simulate_cuda_placement)
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("gcc") and shutil.which("readelf")),
@@ -29,7 +29,7 @@ def standin_cache(tmp_path_factory):
 def simulated(exported, shapes_detector, standin_cache):
     graphs = {f"ssd300-voc {k}": exported[k] for k in ("loss", "detector", "model")}
     graphs["ssd-shapes detector"] = shapes_detector
-    return {name: simulate_cuda(path, standin_cache) for name, path in graphs.items()}
+    return {name: simulate_cuda_placement(path, standin_cache) for name, path in graphs.items()}
 
 
 # Compute ops each graph must contain, so that the check is seen to cover them.
@@ -91,7 +91,7 @@ CONTROLS = {
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_negative_controls_are_flagged(tmp_path, standin_cache, name):
     nodes, inputs, out_type, culprit, registry_knows = CONTROLS[name]
-    report = simulate_cuda(control(tmp_path, name, nodes, inputs, out_type), standin_cache)
+    report = simulate_cuda_placement(control(tmp_path, name, nodes, inputs, out_type), standin_cache)
     assert not report.ok
     assert [n.name for n in report.cpu_compute] == [culprit]
     assert [n.name for n in report.without_kernel] == ([culprit] if registry_knows else [])

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ssdonnx.data import AnnotationError, VOCDataset, collate, parse_annotation
-from ssdonnx.evaluate import average_precision, voc_map
-from ssdonnx.shapes import SHAPE_CLASSES, write_shapes
+from ssdonnx.training.data import AnnotationError, VOCDataset, collate, parse_annotation
+from ssdonnx.training.evaluate import average_precision, voc_map
+from ssdonnx.training.shapes import SHAPE_CLASSES, write_shapes
 
 # Hand-written VOC annotations: a difficult object, and an image with no objects.
 WITH_DIFFICULT = """<annotation><size><width>200</width><height>100</height><depth>3</depth>

@@ -5,8 +5,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import invoke
-from ssdonnx.draw import class_colour, draw_detections, place_labels
-from ssdonnx.pictures import result_names
+from ssdonnx.app.draw import class_colour, draw_detections, place_labels
+from ssdonnx.app.annotate import result_names
 
 
 def make_images(folder):
@@ -23,7 +23,7 @@ def test_detect_writes_pictures_and_json(exported, tmp_path):
     result = invoke("detect", exported["detector"], images, "--out", out, "--provider", "cpu",
                     "--score", "0.03", "--batch", "1")
     assert result.exit_code == 0, result.output
-    assert "2 images" in result.output and "s per image on cpu" in result.output
+    assert "2 images" in result.output and "s per image on onnxruntime cpu" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "detections.json", "grey.png"]
     data = {Path(d["image"]).name: d for d in json.loads((out / "detections.json").read_text())}
     a = data["a.jpg"]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import ssdonnx
-from ssdonnx.export import export_graph, read_info
-from ssdonnx.graphs import LossGraph, build_graph
-from ssdonnx.parity import check_parity
-from ssdonnx.runtime import Session
+from ssdonnx.deploy.onnxfile import read_info
+from ssdonnx.deploy.graphs import LossGraph, build_graph
+from ssdonnx.deploy.parity import LOSS_ATOL, LOSS_RTOL, Case, check_parity
+from ssdonnx.deploy.runtime import Session
 from helpers import random_predictions, random_targets
 
 # Nodes that would force work off CUDA or make the graph data-dependent.
@@ -64,29 +64,29 @@ def test_exported_loss_matches_pytorch_on_other_batches(exported, counts):
     loc, conf = random_predictions(gen, len(counts), 8732, 21)
     ref = LossGraph(ssdonnx.get_config("ssd300-voc"))(loc, conf, targets)
     out = sess.run(loc=loc, conf=conf, targets=targets)
-    np.testing.assert_allclose(out["loss_l"], ref[0].numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out["loss_c"], ref[1].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["loss_l"], ref[0].numpy(), rtol=LOSS_RTOL, atol=LOSS_ATOL)
+    np.testing.assert_allclose(out["loss_c"], ref[1].numpy(), rtol=LOSS_RTOL, atol=LOSS_ATOL)
     assert np.isfinite(out["loss_l"]) and np.isfinite(out["loss_c"])
 
 
 def test_exported_detector_matches_eager_on_batch_of_four(exported):
     info = read_info(exported["detector"])
-    rows = check_parity(info, Session(exported["detector"], "cpu"), cases=((4, 0),), seed=9)
+    rows = check_parity(info, Session(exported["detector"], "cpu"), cases=[Case(4)], seed=9)
     assert all(r.passed for r in rows), rows
 
 
 def test_export_refuses_to_overwrite_and_leaves_no_partial_file(tmp_path, monkeypatch):
     out = tmp_path / "loss.onnx"
     out.write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match="pass --force"):
-        export_graph("loss", "ssd300-voc", out)
+    with pytest.raises(ssdonnx.OutputError, match="pass --force"):
+        ssdonnx.export("loss", out, "ssd300-voc")
     assert out.read_bytes() == b"precious"
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(onnx, "save_model", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        export_graph("loss", "ssd300-voc", out, force=True)
+        ssdonnx.export("loss", out, "ssd300-voc", force=True)
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.onnx"]
 
@@ -98,10 +98,10 @@ def test_export_with_a_checkpoint(tmp_path):
     net.reset_parameters()
     weights = tmp_path / "w.pth"
     torch.save(net.state_dict(), weights)
-    path = export_graph("model", cfg, tmp_path / "model.onnx", weights=weights)
+    path = ssdonnx.export("model", tmp_path / "model.onnx", cfg, weights, verify_file=False).path
     info = read_info(path)
     assert info.weights.startswith("sha256:")
     sess = Session(path, "cpu")
-    assert all(r.passed for r in check_parity(info, sess, weights, cases=((2, 0),)))
+    assert all(r.passed for r in check_parity(info, sess, weights, cases=[Case(2)]))
     with pytest.raises(ValueError, match="exported from a checkpoint; pass the same"):
         check_parity(info, sess, None)

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import ssdonnx
 from helpers import dbox, random_predictions, random_targets
-from ssdonnx.reference import multibox_loss_reference
+from ssdonnx.testing.reference import multibox_loss_reference
 
 RTOL = 1e-5  # the bar for values and gradients against the seed
 
@@ -177,7 +177,7 @@ def test_kth_largest_exports_to_topk(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from ssdonnx.export import ONNX_TRANSLATIONS
+    from ssdonnx.deploy.graphs import ONNX_TRANSLATIONS
     from ssdonnx.loss import kth_largest
 
     class Kth(torch.nn.Module):

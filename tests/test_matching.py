@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 import ssdonnx
 from ssdonnx.boxes import box_iou, cxcywh_to_xyxy
 from helpers import dbox, random_targets
-from ssdonnx.reference import match_batch_reference
+from ssdonnx.testing.reference import match_batch_reference
 
 VAR = (0.1, 0.2)
 

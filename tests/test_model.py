@@ -4,7 +4,7 @@ import torch
 import ssdonnx
 from ssdonnx.model import SSD, CheckpointError, load_weights
 from ssdonnx.transforms import preprocess
-from ssdonnx.reference import SeedSSD
+from ssdonnx.testing.reference import SeedSSD
 
 # The seed SSD300's parameters, name by name: VGG convs at these indices of ``vgg``.
 VGG_CONVS = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128),

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 from ssdonnx.boxes import box_iou, xyxy_to_cxcywh
 from ssdonnx.postprocess import ONNX_TRANSLATIONS, DetectionHead, detect, nms
 from helpers import dbox
-from ssdonnx.reference import detect_reference, nm_suppression_reference
+from ssdonnx.testing.reference import detect_reference, nm_suppression_reference
 
 BOX_ATOL = 1e-5   # the bar for boxes against the loop reference
 

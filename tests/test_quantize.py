@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from conftest import SHIPPED, invoke
-from ssdonnx.export import read_info
-from ssdonnx.parity import INT8_IOU, INT8_SCORE, compare_detection_sets
-from ssdonnx.quantize import INT8_OPS, file_list_sha256
+from ssdonnx.deploy.onnxfile import read_info
+from ssdonnx.deploy.parity import INT8_IOU, INT8_SCORE, compare_detection_sets
+from ssdonnx.deploy.quantize import INT8_OPS, file_list_sha256
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_int8_metadata_says_how_it_was_made(int8, calibration):
 
 
 def test_verify_and_evaluate_take_the_int8_detector(int8, tmp_path):
-    from ssdonnx.shapes import write_shapes
+    from ssdonnx.training.shapes import write_shapes
 
     path, _ = int8
     r = invoke("verify", path, "--weights", SHIPPED / "weights.pth", "--provider", "cpu")
@@ -104,8 +104,8 @@ def test_broken_calibration_folders_are_one_line_and_exit_2(tmp_path, calibratio
     shutil.copytree(calibration, broken)
     (broken / "zz.jpg").write_bytes(b"not a jpeg")
     result = export(broken)
-    assert result.exit_code == 2 and "1 of 5 calibration pictures cannot be read: zz.jpg" \
-        in result.output, result.output
+    assert result.exit_code == 2 and "1 of 5 pictures cannot be read" in result.output \
+        and "zz.jpg: not a readable picture" in result.output, result.output
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -135,8 +135,8 @@ def test_detection_sets_are_matched_by_class_and_iou():
 
 
 def test_calibration_pictures_of_a_voc_set(tmp_path):
-    from ssdonnx.quantize import calibration_pictures
-    from ssdonnx.shapes import write_shapes
+    from ssdonnx.deploy.quantize import calibration_pictures
+    from ssdonnx.training.shapes import write_shapes
 
     root = write_shapes(tmp_path / "voc", 5, 3, seed=1)
     files = calibration_pictures(root, 6)

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ssdonnx.runtime import ProviderError, Session
+from ssdonnx.deploy.runtime import ProviderError, Session
 
 HAS_CUDA = torch.cuda.is_available() and \
     "CUDAExecutionProvider" in ort.get_available_providers()
@@ -85,7 +85,7 @@ def test_placement_reads_onnxruntime_profile_and_flags_cpu_compute(exported, mon
                                                                      tmp_path):
     # The CUDA placement check's machinery, on the CPU provider: everything runs on the
     # CPU there, so every compute node must be reported and only shape arithmetic spared.
-    from ssdonnx.placement import cpu_compute_nodes, format_placement, node_providers
+    from ssdonnx.devtools.placement import cpu_compute_nodes, format_placement, node_providers
 
     monkeypatch.chdir(tmp_path)          # a relative path must work, and leave no profile
     rel = Path(os.path.relpath(exported["loss"], tmp_path))
@@ -107,8 +107,8 @@ def test_placement_reads_onnxruntime_profile_and_flags_cpu_compute(exported, mon
 @pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["loss", "detector", "model"])
 def test_cuda_parity(exported, kind):
-    from ssdonnx.export import read_info
-    from ssdonnx.parity import check_parity
+    from ssdonnx.deploy.onnxfile import read_info
+    from ssdonnx.deploy.parity import check_parity
 
     s = Session(exported[kind], "cuda")
     assert s.session.get_providers()[0] == "CUDAExecutionProvider"
@@ -136,6 +136,6 @@ def test_cuda_iobinding_keeps_tensors_on_the_gpu(exported):
 @pytest.mark.parametrize("kind", ["loss", "detector"])
 def test_every_compute_node_runs_on_cuda(exported, kind):
     """onnxruntime's own placement, from session profiling."""
-    from ssdonnx.placement import cpu_compute_nodes
+    from ssdonnx.devtools.placement import cpu_compute_nodes
 
     assert cpu_compute_nodes(exported[kind]) == []

@@ -10,11 +10,11 @@ import torch
 
 import ssdonnx
 from conftest import invoke
-from ssdonnx.augment import SSDAugmentation
-from ssdonnx.data import VOCDataset
+from ssdonnx.training.augment import SSDAugmentation
+from ssdonnx.training.data import VOCDataset
 from ssdonnx.loss import MultiBoxLoss
-from ssdonnx.shapes import SHAPE_CLASSES, write_shapes
-from ssdonnx.train import make_loader, train
+from ssdonnx.training.shapes import SHAPE_CLASSES, write_shapes
+from ssdonnx.training.train import make_loader, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "ssd-shapes"
@@ -117,7 +117,7 @@ def test_train_and_evaluate_cli(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     assert "epoch 1/1: loss_l" in r.output and "ssd-shapes-epoch1.pth" in r.output
     r = invoke("evaluate", tmp_path / "ssd-shapes-epoch1.pth", "--data", tiny)
-    assert r.exit_code == 2 and "needs --config" in r.output
+    assert r.exit_code == 2 and "needs its config (--config)" in r.output
     r = invoke("evaluate", tmp_path / "ssd-shapes-epoch1.pth", "--config", "ssd-shapes",
                "--data", tiny, "--json")
     assert r.exit_code == 0, r.output
@@ -130,7 +130,7 @@ def test_train_runs_under_torchrun_with_two_processes(tiny, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ssdonnx.cli",
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ssdonnx",
          "train", "--config", "ssd-shapes", "--data", str(tiny), "--out", str(tmp_path),
          "--epochs", "1", "--batch", "4"],
         capture_output=True, text=True, env=env, timeout=300)

@@ -5,7 +5,7 @@ B = 1, 8. (The whole SSD300 detector, float32 and int8: tools/bench_int8.py.)
 """
 import sys
 
-from ssdonnx.cli import main
+from ssdonnx.app.cli import main
 
 if __name__ == "__main__":
     main(["bench", "head", "--batch", "1,8", *sys.argv[1:]])

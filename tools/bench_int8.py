@@ -6,7 +6,7 @@ against float32.
 """
 import sys
 
-from ssdonnx.cli import main
+from ssdonnx.app.cli import main
 
 if __name__ == "__main__":
     main(["bench", "detector", "--int8", "--provider", "cpu", "--batch", "1,8", *sys.argv[1:]])

@@ -4,7 +4,7 @@
 """
 import sys
 
-from ssdonnx.cli import main
+from ssdonnx.app.cli import main
 
 if __name__ == "__main__":
     main(["bench", "loss", "--batch", "1,8,32", *sys.argv[1:]])

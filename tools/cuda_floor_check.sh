@@ -15,5 +15,5 @@ ssdonnx export detector --config ssd-shapes --weights models/ssd-shapes/weights.
     --output "$work/ssd-shapes-detector.onnx" --no-verify
 # Only onnx, onnxruntime and click are needed: the check imports neither torch nor ssdonnx's
 # PyTorch modules; the stand-in libraries are built for this onnxruntime into their own cache.
-PYTHONPATH="$PWD" XDG_CACHE_HOME="$work/cache" "$work/venv/bin/python" -m ssdonnx.cli \
+PYTHONPATH="$PWD" XDG_CACHE_HOME="$work/cache" "$work/venv/bin/python" -m ssdonnx \
     placement --simulate-cuda "$work"/ssd300-voc/*.onnx "$work/ssd-shapes-detector.onnx"

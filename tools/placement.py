@@ -8,7 +8,7 @@ a compute node would run on the CPU.
 """
 import sys
 
-from ssdonnx.cli import main
+from ssdonnx.app.cli import main
 
 if __name__ == "__main__":
     main(["placement", *sys.argv[1:]])

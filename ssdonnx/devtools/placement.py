@@ -4,8 +4,8 @@ Two ways to find out, both from onnxruntime itself:
 
 - On a GPU (``node_providers``): run the graph once with profiling on; the profile names
   the provider that ran each node. The stronger check: kernels really ran.
-- Without one (``simulate_cuda``): load onnxruntime-gpu's CUDA provider on stand-in CUDA
-  libraries (``ssdonnx.cudastub``) in a child process, then (1) hold every node of the
+- Without one (``simulate_cuda_placement``): load onnxruntime-gpu's CUDA provider on stand-in CUDA
+  libraries (``ssdonnx.devtools.cudastub``) in a child process, then (1) hold every node of the
   exported graph against the provider's kernel registry (op, domain, since-version and
   input types), and (2) create a session with verbose logging and read onnxruntime's
   partitioner, which logs the provider of every node of its optimised graph. No kernel
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import onnx
 
-from .errors import StandInUnavailable
+from ..errors import ProviderError, StandInUnavailable
 
 # Nodes onnxruntime itself keeps on the CPU because they only compute shapes.
 SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "Reshape",
@@ -68,9 +68,9 @@ def _is_shape_work(node: dict) -> bool:
 def node_providers(path, provider: str = "cuda") -> list[dict]:
     """Run the graph once with profiling on; one dict per executed node: name, op_type,
     provider and output shapes, as onnxruntime's profile reports them."""
-    from .export import read_info
-    from .graphs import example_inputs
-    from .runtime import Session
+    from ..deploy.graphs import example_inputs
+    from ..deploy.onnxfile import read_info
+    from ..deploy.runtime import Session
 
     info = read_info(path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +111,22 @@ def format_placement(path, nodes: list[dict]) -> str:
     lines += [f"  {prov:<24} {op:<18} {k}" for (prov, op), k in sorted(counts.items())]
     lines += [f"  CPU compute: {n['name']} ({n['op_type']}) -> {n['outputs']}" for n in flagged]
     return "\n".join(lines)
+
+
+def report(path, simulate_cuda: bool = False) -> tuple[str, bool]:
+    """``ssdonnx placement``: the report on ``path`` and whether every compute node is on
+    CUDA. On a GPU from the session profile; with ``simulate_cuda`` without one."""
+    if simulate_cuda:
+        simulated = simulate_cuda_placement(path)
+        return format_simulated(simulated), simulated.ok
+    from ..deploy.runtime import provider_problem
+
+    problem = provider_problem("CUDAExecutionProvider")
+    if problem:
+        raise ProviderError(f"CUDAExecutionProvider cannot load here ({problem}); without a "
+                            "GPU, use --simulate-cuda")
+    nodes = node_providers(path, "cuda")
+    return format_placement(path, nodes), not cpu_compute(nodes)
 
 
 # --- without a GPU: the registry and the partitioner on stand-in libraries ---------------
@@ -266,7 +282,8 @@ def _outputs(node: onnx.NodeProto, types: dict) -> list[dict]:
     return outs
 
 
-def simulate_cuda(path, cache: Path | None = None, timeout: float = 600) -> SimulatedPlacement:
+def simulate_cuda_placement(path, cache: Path | None = None, timeout: float = 600
+                            ) -> SimulatedPlacement:
     """Placement under CUDAExecutionProvider on a machine without a GPU (module doc).
     Raises StandInUnavailable where the stand-in libraries cannot be built or loaded."""
     from .cudastub import build
@@ -280,7 +297,7 @@ def simulate_cuda(path, cache: Path | None = None, timeout: float = 600) -> Simu
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         optimised = Path(tmp) / "optimised.onnx"
-        proc = subprocess.run([sys.executable, "-m", "ssdonnx.placement", str(path),
+        proc = subprocess.run([sys.executable, "-m", "ssdonnx.devtools.placement", str(path),
                                str(optimised), str(result)], env=env, capture_output=True,
                               text=True, timeout=timeout)
         if proc.returncode != 0 or not result.exists():

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ..transforms import preprocess
 from .data import VOCDataset
-from .transforms import preprocess
 
 IOU_THRESHOLD = 0.5
 
@@ -39,6 +38,19 @@ class MeanAP:
     per_class: dict          # class name -> {"ap07": float, "ap": float, "positives": int}
     map07: float
     map: float
+    images: int = 0
+
+    def as_dict(self) -> dict:
+        return {"map07": self.map07, "map": self.map, "per_class": self.per_class,
+                "images": self.images}
+
+    def table(self, how: str = "") -> str:
+        lines = [f"{'class':16s} {'AP (VOC07 11-pt)':>17s} {'AP (area)':>10s} {'objects':>8s}"]
+        for name, v in self.per_class.items():
+            lines.append(f"{name:16s} {v['ap07']:17.4f} {v['ap']:10.4f} {v['positives']:8d}")
+        lines.append(f"{'mAP':16s} {self.map07:17.4f} {self.map:10.4f}   "
+                     f"({self.images} images{', ' + how if how else ''})")
+        return "\n".join(lines)
 
 
 def voc_map(detections, truths, class_names) -> MeanAP:
@@ -80,23 +92,37 @@ def voc_map(detections, truths, class_names) -> MeanAP:
                            "positives": positives}
     scored = [v for v in per_class.values() if v["positives"] > 0]
     return MeanAP(per_class, float(np.mean([v["ap07"] for v in scored])) if scored else 0.0,
-                  float(np.mean([v["ap"] for v in scored])) if scored else 0.0)
+                  float(np.mean([v["ap"] for v in scored])) if scored else 0.0,
+                  len(detections))
 
 
-def run_detector(predict, dataset: VOCDataset, batch: int = 16, progress=None):
-    """Detections of ``predict(images [B, 3, S, S]) -> (detections, num)`` on every
-    image of ``dataset``, and the data set's truths (difficult objects kept, flagged)."""
+def run_detector(detector, dataset: VOCDataset, batch: int = 16, progress=None):
+    """Detections of ``detector`` (``ssdonnx.Detector``: its ``predict`` on pre-processed
+    pictures) on every image of ``dataset``, and the data set's truths (difficult objects
+    kept, flagged)."""
     detections, truths = [], []
     for start in range(0, len(dataset), batch):
         idx = range(start, min(start + batch, len(dataset)))
         # Pictures and annotations read once each (dataset[i] would parse the XML again).
-        images = torch.stack([preprocess(dataset.image(i), dataset.size) for i in idx])
-        dets, num = predict(images)
-        dets, num = np.asarray(dets), np.asarray(num)
-        for j, i in enumerate(idx):
-            detections.append(dets[j, : int(num[j])])
+        images = np.stack([preprocess(dataset.image(i), dataset.size).numpy() for i in idx])
+        detections += detector.predict(images)
+        for i in idx:
             targets, difficult, _ = dataset.annotation(i)
             truths.append((targets, difficult))
         if progress:
             progress(len(idx))
     return detections, truths
+
+
+def evaluation_set(root, image_set: str, cfg) -> VOCDataset:
+    """The data set ``evaluate`` reads: pictures at the network's size, difficult
+    objects kept (and flagged)."""
+    return VOCDataset(root, image_set, cfg.class_names or
+                      tuple(f"class {i}" for i in range(1, cfg.num_classes)),
+                      size=cfg.input_size, keep_difficult=True)
+
+
+def evaluate(detector, dataset: VOCDataset, batch: int = 16, progress=None) -> MeanAP:
+    """VOC mAP@0.5 of ``detector`` (``ssdonnx.Detector``) on ``dataset``."""
+    detections, truths = run_detector(detector, dataset, batch, progress)
+    return voc_map(detections, truths, dataset.classes)

@@ -1,15 +1,22 @@
-"""onnxruntime sessions that never fall back to the CPU silently."""
+"""onnxruntime sessions that never fall back to the CPU silently.
+
+torch is imported only where tensors or a GPU are involved (a CUDA session imports it
+first, so that onnxruntime finds the CUDA libraries of the torch wheels): ``ssdonnx
+info`` lists the providers without it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch  # noqa: F401  (loads the CUDA libraries of the torch wheels before ORT)
 import onnxruntime as ort
 
-from .errors import ProviderError
+from ..errors import InputError, OnnxFileError, ProviderError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -36,8 +43,11 @@ def provider_problem(name: str) -> str | None:
     library = Path(ort.__file__).parent / "capi" / _PROVIDER_LIBRARIES.get(name, "")
     if name not in _PROVIDER_LIBRARIES or not library.is_file():
         return None
-    if torch.cuda.is_available() and hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()   # the CUDA and cuDNN libraries of the torch wheels
+    if hasattr(ort, "preload_dlls"):
+        # The CUDA and cuDNN libraries of the nvidia wheels (torch's, if imported); it
+        # prints what it cannot find, which the answer below says in a few words.
+        with contextlib.redirect_stdout(io.StringIO()):
+            ort.preload_dlls()
     try:
         ctypes.CDLL(str(library))
     except OSError as exc:
@@ -58,10 +68,31 @@ def _options(threads: int | None, spinning: bool = True) -> ort.SessionOptions:
     return opts
 
 
+def _refused(path: str, exc: Exception, what: str = "load") -> OnnxFileError:
+    """onnxruntime's own exceptions (InvalidArgument, Fail, ...) as one line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OnnxFileError(f"onnxruntime cannot {what} {path}: {first[:300]}")
+
+
+def _is_onnxruntime_error(exc: Exception) -> bool:
+    return type(exc).__module__.startswith("onnxruntime")
+
+
+def _new_session(path: str, opts, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(path, opts, providers=providers)
+    except Exception as exc:
+        if _is_onnxruntime_error(exc):
+            raise _refused(path, exc) from None
+        raise
+
+
 def _cuda_session(path: str, opts, probe: bool = False) -> ort.InferenceSession:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise ProviderError("CUDAExecutionProvider is not available: install "
                             "onnxruntime-gpu (and not onnxruntime beside it)")
+    import torch  # before the session: loads the CUDA libraries of the torch wheels
+
     if probe and not torch.cuda.is_available():
         # auto on a machine without a GPU: don't make onnxruntime print its loader errors
         raise ProviderError("no CUDA device visible to torch")
@@ -70,8 +101,7 @@ def _cuda_session(path: str, opts, probe: bool = False) -> ort.InferenceSession:
         raise ProviderError(f"CUDAExecutionProvider cannot load: {problem} (onnxruntime-gpu "
                             f"{ort.__version__} needs the CUDA and cuDNN libraries it was "
                             "built for)")
-    sess = ort.InferenceSession(path, opts, providers=["CUDAExecutionProvider",
-                                                       "CPUExecutionProvider"])
+    sess = _new_session(path, opts, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         raise ProviderError("onnxruntime could not load CUDAExecutionProvider (no GPU, or "
                             f"CUDA libraries missing); the session got {sess.get_providers()}")
@@ -93,15 +123,16 @@ class Session:
     def __init__(self, path, provider: str = "auto", threads: int | None = None,
                  profile: str | Path | None = None, spinning: bool = True):
         if provider not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"provider: expected auto, cpu or cuda, got {provider!r}")
+            raise InputError(f"provider: expected auto, cpu or cuda, got {provider!r}")
         path = str(Path(path))
         opts = _options(threads, spinning)
         if profile is not None:   # onnxruntime writes <profile>_<timestamp>.json
             opts.enable_profiling = True
             opts.profile_file_prefix = str(profile)
         self.note = ""
+        self.path = path
         if provider == "cpu":
-            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            self.session = _new_session(path, opts, ["CPUExecutionProvider"])
         elif provider == "cuda":
             self.session = _cuda_session(path, opts)
         else:
@@ -109,8 +140,7 @@ class Session:
                 self.session = _cuda_session(path, opts, probe=True)
                 self.note = "auto: CUDAExecutionProvider loaded"
             except ProviderError as exc:
-                self.session = ort.InferenceSession(path, opts,
-                                                    providers=["CPUExecutionProvider"])
+                self.session = _new_session(path, opts, ["CPUExecutionProvider"])
                 self.note = f"auto: using CPU ({exc})"
         self.provider = "cuda" if self.session.get_providers()[0] == PROVIDERS["cuda"] else "cpu"
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -122,39 +152,49 @@ class Session:
         Torch tensors that are all on the CUDA device of a CUDA session go through
         ``run_torch`` (no host round trip); anything else is fed as NumPy.
         """
-        on_cuda = [isinstance(v, torch.Tensor) and v.is_cuda for v in inputs.values()]
+        on_cuda = [_is_tensor(v) and v.is_cuda for v in inputs.values()]
         if self.provider == "cuda" and all(on_cuda):
             return self.run_torch(**inputs)   # checks the names itself
         self._check_names(inputs)
-        feeds = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+        feeds = {k: (v.detach().cpu().numpy() if _is_tensor(v) else np.asarray(v))
                  for k, v in inputs.items() if k in self.input_names}
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as exc:
+            if _is_onnxruntime_error(exc):
+                raise _refused(self.path, exc, "run") from None
+            raise
+        return dict(zip(self.output_names, outputs))
 
-    def run_torch(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run_torch(self, **inputs):
         """Run on torch tensors through IOBinding; outputs are tensors on the same device.
 
         The session reads the inputs' memory and writes its outputs in place on that
         device (for a CUDA session, CUDA tensors), so nothing is copied to or from the
         host. All inputs must be on one device.
         """
+        import torch
+
         self._check_names(inputs)
         tensors = [inputs[name] for name in self.input_names]
         devices = {t.device for t in tensors}
         if len(devices) != 1:
-            raise ValueError("run_torch: inputs are on several devices "
+            raise InputError("run_torch: inputs are on several devices "
                              f"{sorted(map(str, devices))}")
         device = devices.pop()
         if device.type != self.provider:
-            raise ValueError(f"run_torch: inputs are on {device}, the session runs on "
+            raise InputError(f"run_torch: inputs are on {device}, the session runs on "
                              f"{self.provider}")
         binding = self.session.io_binding()
         # IOBinding keeps raw pointers: hold the contiguous tensors until the run is over.
         bound = {name: t.detach().contiguous() for name, t in zip(self.input_names, tensors)}
+        np_dtypes = {torch.float32: np.float32, torch.float16: np.float16,
+                     torch.int64: np.int64}
         for name, t in bound.items():
-            if t.dtype not in _NP_DTYPES:
-                raise ValueError(f"{name}: dtype {t.dtype} cannot be bound; expected one of "
-                                 f"{sorted(map(str, _NP_DTYPES))}")
-            binding.bind_input(name, device.type, device.index or 0, _NP_DTYPES[t.dtype],
+            if t.dtype not in np_dtypes:
+                raise InputError(f"{name}: dtype {t.dtype} cannot be bound; expected one of "
+                                 f"{sorted(map(str, np_dtypes))}")
+            binding.bind_input(name, device.type, device.index or 0, np_dtypes[t.dtype],
                                list(t.shape), t.data_ptr())
         for name in self.output_names:
             binding.bind_output(name, device.type, device.index or 0)
@@ -170,13 +210,16 @@ class Session:
     def _check_names(self, inputs) -> None:
         missing = sorted(set(self.input_names) - set(inputs))
         if missing:
-            raise ValueError(f"missing inputs {missing}; the graph takes {self.input_names}")
+            raise InputError(f"missing inputs {missing}; the graph takes {self.input_names}")
 
     def end_profiling(self) -> str:
         return self.session.end_profiling()
 
 
-_NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+def _is_tensor(value) -> bool:
+    """A torch.Tensor, without importing torch: no tensor exists before it is imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def session(path, provider: str = "auto", threads: int | None = None) -> Session:

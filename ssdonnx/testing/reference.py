@@ -2,8 +2,8 @@
 notebook, the classic ``utils/match.py`` and the seed code base's ``DBox``, ``Detect``
 and ``SSD`` do them (the seed's style kept on purpose).
 
-Nothing in the library calls this module. The tests hold the vectorised code against
-it, and ``ssdonnx bench`` times it as the baseline.
+The library proper never calls this module: the tests hold the vectorised code against
+it, and the benchmarks (``ssdonnx.devtools.bench``) time it as the baseline.
 """
 
 from itertools import product

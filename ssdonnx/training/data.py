@@ -12,18 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from .matching import pad_targets
-from .transforms import preprocess
+from ..errors import DataError, InputError
+from ..matching import pad_targets
+from ..pictures import picture_array
+from ..transforms import preprocess
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """A VOC annotation file that cannot be read."""
 
 
@@ -64,7 +65,7 @@ def parse_annotation(path, classes, keep_difficult: bool = False
 class VOCDataset(torch.utils.data.Dataset):
     """Pascal VOC images and annotations: item -> (image [3, S, S], targets [n, 5]).
 
-    ``augment``, if given (``ssdonnx.augment.SSDAugmentation``, say), is called as
+    ``augment``, if given (``ssdonnx.training.augment.SSDAugmentation``, say), is called as
     ``augment(rgb_array, targets, rng) -> (array, targets)`` on the HWC image and the
     normalised targets before pre-processing. ``rng`` is a NumPy generator seeded by
     (``seed``, epoch, index): every image draws differently in every epoch, the same run
@@ -82,7 +83,7 @@ class VOCDataset(torch.utils.data.Dataset):
         self.keep_difficult = keep_difficult
         self.augment = augment
         if seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {seed}")
+            raise InputError(f"seed: expected a non-negative integer, got {seed}")
         self.seed = seed
         self.epoch = 0
         list_file = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
@@ -107,8 +108,7 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def image(self, index: int) -> np.ndarray:
         """The RGB picture, HWC uint8, as stored."""
-        with Image.open(self.root / "JPEGImages" / f"{self.ids[index]}.jpg") as im:
-            return np.asarray(im.convert("RGB"))
+        return picture_array(self.root / "JPEGImages" / f"{self.ids[index]}.jpg")
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.image(index)

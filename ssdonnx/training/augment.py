@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .transforms import MEAN_BGR
+from ..transforms import MEAN_BGR
 
 # Photometric distortion (ssd.pytorch PhotometricDistort; the paper's sec. 2.2 cites
 # Howard's photo-metric distortions): each change is applied with probability 1/2.

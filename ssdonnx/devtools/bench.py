@@ -12,17 +12,18 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+import onnx
 import torch
 
-from . import reference
-from .config import get_config
-from .export import _quiet_exporter, export_graph
-from .graphs import build_graph, example_inputs
-from .loss import MultiBoxLoss
-from .matching import pad_targets
-from .postprocess import ONNX_TRANSLATIONS, DetectionHead
-from .priors import default_boxes
-from .runtime import Session
+from ..config import get_config
+from ..deploy.export import export
+from ..deploy.graphs import batch_dim, build_graph, example_inputs, graph_proto, to_onnx
+from ..deploy.runtime import Session
+from ..loss import MultiBoxLoss
+from ..matching import pad_targets
+from ..postprocess import DetectionHead
+from ..priors import default_boxes
+from ..testing import reference
 
 
 @dataclass
@@ -110,7 +111,8 @@ def bench_loss(config="ssd300-voc", batches=(1, 8, 32), repeat=5, provider="auto
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_graph("loss", cfg, Path(tmp) / "loss.onnx")
+        path = Path(tmp) / "loss.onnx"
+        onnx.save_model(graph_proto("loss", cfg), path)
         sess = Session(path, provider, spinning=False)
         for B in batches:
             gen = torch.Generator().manual_seed(B)
@@ -171,14 +173,11 @@ def bench_head(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
     with tempfile.TemporaryDirectory() as tmp:
         gen = torch.Generator().manual_seed(0)
         loc, conf = realistic_logits(gen, 2, cfg.num_priors, cfg.num_classes)
-        B = torch.export.Dim("B", min=1, max=4096)
-        with _quiet_exporter():
-            program = torch.onnx.export(head.eval(), (loc, conf), dynamo=True,
-                                        custom_translation_table=ONNX_TRANSLATIONS,
-                                        input_names=["loc", "conf"],
-                                        dynamic_shapes={"loc": {0: B}, "conf": {0: B}})
+        B = batch_dim()
         path = Path(tmp) / "head.onnx"
-        program.save(str(path), external_data=False)
+        onnx.save_model(to_onnx(head.eval(), {"loc": loc, "conf": conf},
+                                ["detections", "num_detections"],
+                                {"loc": {0: B}, "conf": {0: B}}), path)
         sess = Session(path, provider, spinning=False)
         for b in batches:
             loc, conf = realistic_logits(torch.Generator().manual_seed(b), b, cfg.num_priors,
@@ -212,17 +211,18 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
     detector = build_graph("detector", cfg)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_graph("detector", cfg, Path(tmp) / "detector.onnx")
+        path = Path(tmp) / "detector.onnx"
+        onnx.save_model(graph_proto("detector", cfg), path)
         sess = Session(path, provider, spinning=False)
         cpu = Session(path, "cpu", spinning=False) if int8 else None
         if int8:
-            from .shapes import write_shapes
+            from ..training.shapes import write_shapes
 
             progress(f"int8 detector, calibrated on {BENCH_CALIBRATION} generated pictures")
             pictures = write_shapes(Path(tmp) / "calibration", 0, BENCH_CALIBRATION)
-            quantized = Session(export_graph("detector", cfg, Path(tmp) / "int8.onnx",
-                                             calibration=pictures), "cpu",
-                                spinning=False)
+            int8 = export("detector", Path(tmp) / "int8.onnx", cfg, calibration=pictures,
+                          verify_file=False)
+            quantized = Session(int8.path, "cpu", spinning=False)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for b in batches:
             images = example_inputs("detector", cfg, b, seed=b)["images"]
@@ -276,3 +276,28 @@ def format_rows(rows: list[Timing]) -> str:
 
 def as_dicts(rows: list[Timing]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+@dataclass
+class Report:
+    rows: list[Timing]
+    repeat: int
+    profile: str | None = None
+
+    def text(self) -> str:
+        lines = [f"{machine()}; medians of {self.repeat} runs after warm-up; speed-up = "
+                 "baseline median / median", format_rows(self.rows)]
+        return "\n".join(lines + ([self.profile] if self.profile else []))
+
+    def as_dict(self) -> dict:
+        return {"machine": machine(), "rows": as_dicts(self.rows)} | \
+            ({"profile": self.profile} if self.profile else {})
+
+
+def run(what: str, config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
+        profile=False, int8=False, progress=print) -> Report:
+    """``ssdonnx bench WHAT``: loss, detector or head."""
+    fn = {"loss": bench_loss, "detector": partial(bench_detector, int8=int8),
+          "head": bench_head}[what]
+    rows = fn(config, batches, repeat, provider, progress=progress)
+    return Report(rows, repeat, profile_loss(config, max(batches), repeat) if profile else None)

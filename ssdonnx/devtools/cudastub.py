@@ -13,7 +13,7 @@ capability 9.0, host memory for device memory); every other function returns suc
 Nothing can be computed with them, so a session on them proves placement, not numbers.
 The libraries are built once per onnxruntime build into a cache folder
 (``$XDG_CACHE_HOME/ssdonnx`` or ``~/.cache/ssdonnx``), never into the package, and are
-only ever loaded by a child process (``ssdonnx.placement`` starts it with
+only ever loaded by a child process (``ssdonnx.devtools.placement`` starts it with
 ``LD_LIBRARY_PATH`` pointing at them).
 """
 
@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import StandInUnavailable
+from ..errors import StandInUnavailable
 
 SOURCE = Path(__file__).with_name("cuda_standin.c")
 PROVIDER_LIBRARIES = ("libonnxruntime_providers_cuda.so",

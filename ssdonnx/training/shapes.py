@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..deploy.files import atomic_output, make_folder, write_text
+from ..errors import InputError, OutputError
+
 SHAPE_CLASSES = ("circle", "square", "triangle")
 IMAGE_SIZE = (160, 120)        # width, height: not square, so the resize is exercised
 SIZE_RANGE = (18, 64)          # object side in pixels by default: 18 <= side < 64
@@ -71,31 +74,40 @@ def annotation_xml(filename: str, size, objects) -> str:
 
 
 def write_shapes(out, train: int, val: int, seed: int = 0, progress=None,
-                 size_range: tuple[int, int] = SIZE_RANGE) -> Path:
+                 size_range: tuple[int, int] = SIZE_RANGE, force: bool = False) -> Path:
     """Write ``train`` + ``val`` images in the VOC layout under ``out``; object sides in
-    pixels are drawn from ``size_range`` (small ones make a set for small objects)."""
+    pixels are drawn from ``size_range`` (small ones make a set for small objects).
+    A folder that already holds a data set (image lists, pictures or annotations) is
+    refused unless ``force``."""
     lo, hi = size_range
     if not 4 <= lo < hi <= min(IMAGE_SIZE):
-        raise ValueError(f"object sizes {lo} to {hi}: expected 4 <= min < max <= "
+        raise InputError(f"object sizes {lo} to {hi}: expected 4 <= min < max <= "
                          f"{min(IMAGE_SIZE)} pixels (the pictures are {IMAGE_SIZE[0]} x "
                          f"{IMAGE_SIZE[1]})")
     out = Path(out)
+    held = [sub for sub in ("JPEGImages", "Annotations", "ImageSets")
+            if (out / sub).is_dir() and any((out / sub).iterdir())]
+    if held and not force:
+        raise OutputError(f"{out} already holds a data set ({', '.join(held)}); pass --force "
+                          "(force=True) to write into it, or choose another folder")
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        make_folder(out / sub)
     rng = np.random.default_rng(seed)
     ids = {"train": [], "val": []}
     for i in range(train + val):
         split = "train" if i < train else "val"
         image_id = f"{split}_{i:06d}"
         image, objects = make_image(rng, size_range)
-        image.save(out / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        (out / "Annotations" / f"{image_id}.xml").write_text(
-            annotation_xml(f"{image_id}.jpg", image.size, objects))
+        with atomic_output(out / "JPEGImages" / f"{image_id}.jpg", durable=False) as tmp:
+            image.save(tmp, format="JPEG", quality=95)
+        write_text(out / "Annotations" / f"{image_id}.xml",
+                   annotation_xml(f"{image_id}.jpg", image.size, objects), durable=False)
         ids[split].append(image_id)
         if progress:
             progress(1)
     for split, names in ids.items():
-        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
-    (out / "ImageSets" / "Main" / "trainval.txt").write_text(
-        "".join(f"{n}\n" for n in ids["train"] + ids["val"]))
+        write_text(out / "ImageSets" / "Main" / f"{split}.txt",
+                   "".join(f"{n}\n" for n in names))
+    write_text(out / "ImageSets" / "Main" / "trainval.txt",
+               "".join(f"{n}\n" for n in ids["train"] + ids["val"]))
     return out

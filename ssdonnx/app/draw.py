@@ -6,11 +6,14 @@ import colorsys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .transforms import to_rgb
+from ..transforms import to_rgb
 
 # Pictures with a shorter side than this (pixels) are enlarged before drawing, so that
 # labels stay legible on small pictures; detection coordinates stay the original's.
 DISPLAY_MIN_SIDE = 480
+# ... but never beyond this longer side (pixels): a 1 x 1000 picture is not drawn
+# 480 x 480000.
+MAX_DRAWN_SIDE = 4096
 # Label text height as a share of the drawn picture's shorter side.
 TEXT_SHARE = 1 / 30
 
@@ -58,10 +61,11 @@ def draw_detections(image: Image.Image, detections: list[dict]) -> Image.Image:
     detections: dicts with ``box`` [x1, y1, x2, y2] in pixels of ``image``, ``label``,
     ``class_id`` and ``score``, as ``ssdonnx detect`` writes them. Transparency is
     shown on white; a picture whose shorter side is below ``DISPLAY_MIN_SIDE`` is drawn
-    enlarged to it, and the label text scales with the picture.
+    enlarged to it (its longer side at most ``MAX_DRAWN_SIDE``), and the label text
+    scales with the picture.
     """
     out = to_rgb(image)
-    scale = max(1.0, DISPLAY_MIN_SIDE / min(out.size))
+    scale = max(1.0, min(DISPLAY_MIN_SIDE / min(out.size), MAX_DRAWN_SIDE / max(out.size)))
     if scale > 1:
         out = out.resize((round(out.width * scale), round(out.height * scale)),
                          Image.Resampling.LANCZOS)

@@ -25,8 +25,11 @@ import numpy as np
 import onnx
 import torch
 
-from .config import SSDConfig
-from .errors import CalibrationError
+from ..config import SSDConfig
+from ..errors import CalibrationError, DataError
+from ..pictures import collect_pictures, load_batch
+from .graphs import batch_dim, build_graph, to_onnx
+from .onnxfile import OUTPUT_NAMES, graph_metadata, set_metadata
 
 # The operators quantized (see the module docstring).
 INT8_OPS = ("Conv", "MaxPool")
@@ -37,37 +40,19 @@ DEFAULT_CALIBRATION_PICTURES = 64
 def calibration_pictures(folder, limit: int | None = None) -> list[Path]:
     """The first ``limit`` pictures (sorted by path) of a folder, searched recursively
     for every format Pillow reads, or of a VOC-layout data set's JPEGImages/."""
-    from .pictures import collect
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CalibrationError(f"calibration folder {folder}: no such folder")
-    voc = folder / "JPEGImages"
-    files = sorted(f for f, _ in collect([voc if voc.is_dir() else folder]))
-    files = files[: limit or DEFAULT_CALIBRATION_PICTURES]
-    if not files:
-        raise CalibrationError(f"calibration folder {folder} holds no pictures")
-    return files
+    try:
+        return collect_pictures(folder, limit or DEFAULT_CALIBRATION_PICTURES)
+    except DataError as exc:
+        raise CalibrationError(f"calibration: {exc}") from None
 
 
-def load_pictures(files: list[Path], size: int) -> np.ndarray:
-    """The pictures pre-processed for the network: float32 [N, 3, size, size]. Raises
+def load_pictures(files: list[Path], cfg: SSDConfig) -> np.ndarray:
+    """The pictures pre-processed for the network: float32 [N, 3, S, S]. Raises
     CalibrationError naming every picture that cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .transforms import preprocess, to_rgb
-
-    arrays, failed = [], []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                arrays.append(preprocess(to_rgb(im), size).numpy())
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            failed.append(f"{f.name} ({exc})")
-    if failed:
-        raise CalibrationError(f"{len(failed)} of {len(files)} calibration pictures cannot be "
-                               f"read: {', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}")
-    return np.stack(arrays)
+    try:
+        return load_batch(files, cfg)
+    except DataError as exc:
+        raise CalibrationError(f"calibration: {exc}") from None
 
 
 def file_list_sha256(files: list[Path], root: Path) -> str:
@@ -79,9 +64,14 @@ def file_list_sha256(files: list[Path], root: Path) -> str:
 def quantize_network(network: onnx.ModelProto, images: np.ndarray, progress=None
                      ) -> onnx.ModelProto:
     """The float32 network (input ``images``) quantized for the CPU, calibrated on
-    ``images`` [N, 3, S, S]; ``progress(n)`` after each calibration batch."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                          QuantFormat, QuantType, quantize_static)
+    ``images`` [N, 3, S, S]; ``progress(n, N)`` after each calibration batch."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
@@ -94,7 +84,7 @@ def quantize_network(network: onnx.ModelProto, images: np.ndarray, progress=None
                 return None
             batch = images[start:start + CALIBRATION_BATCH]
             if progress:
-                progress(len(batch))
+                progress(len(batch), len(images))
             return {"images": batch}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,12 +103,9 @@ def int8_detector(cfg: SSDConfig, weights, pictures: list[Path], calibration_roo
                   opset: int, thresholds: dict | None = None, progress=None
                   ) -> onnx.ModelProto:
     """The int8 detector for ``cfg`` (see the module docstring), with its metadata."""
-    from .export import graph_metadata, set_metadata, to_onnx
-    from .graphs import OUTPUT_NAMES, build_graph
-
     detector = build_graph("detector", cfg, weights, thresholds)
-    images = load_pictures(pictures, cfg.input_size)
-    B = torch.export.Dim("B", min=1, max=4096)
+    images = load_pictures(pictures, cfg)
+    B = batch_dim()
     network = to_onnx(detector.model, {"images": torch.from_numpy(images[:2])},
                       OUTPUT_NAMES["model"], {"images": {0: B}}, opset)
     with torch.no_grad():

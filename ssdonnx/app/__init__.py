@@ -1,0 +1,2 @@
+"""The command line (``cli``), detection on picture files written as drawings and JSON
+(``annotate``), and the drawing itself (``draw``)."""
