@@ -145,6 +145,7 @@ def extreme_targets(gen, counts):
     return out
 
 
+@pytest.mark.parity
 @settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(seed=st.integers(0, 2**31),
        counts=st.lists(st.integers(0, 12), min_size=1, max_size=4),
@@ -179,6 +180,7 @@ def _loss_session(path):
     return _SESSIONS[path]
 
 
+@pytest.mark.parity
 @settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(seed=st.integers(0, 2**31), counts=st.lists(st.integers(1, 5), min_size=1, max_size=3),
        kind=st.sampled_from(["degenerate", "label >= C-1", "label < -1", "outside"]))

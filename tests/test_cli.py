@@ -37,6 +37,7 @@ def table_rows(output):
     return rows
 
 
+@pytest.mark.parity
 def test_verify_passes_and_prints_the_table(exported):
     result = invoke("verify", exported["detector"], "--provider", "cpu", "--batch", "2",
                     "--seed", "4")
@@ -63,6 +64,7 @@ def test_parity_rows_report_the_error_against_its_bound():
     assert "FAIL (1/2 differ)" in table
 
 
+@pytest.mark.parity
 def test_verify_fails_with_exit_1_when_the_graph_differs(exported, tmp_path):
     model = onnx.load(str(exported["model"]))
     for init in model.graph.initializer:
@@ -130,6 +132,7 @@ def write_batch(path, counts, per_image=False, seed=0):
         ssdonnx.get_config("ssd300-voc"))), targets)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("per_image", [False, True])
 def test_loss_command(exported, tmp_path, per_image):
     ref = write_batch(tmp_path / "batch.npz", [3, 0, 5], per_image)

@@ -1,6 +1,7 @@
 """The CUDA claim without a GPU: every compute node of the exported graphs has a kernel in
 onnxruntime-gpu's CUDA registry, and its partitioner puts every compute node on
-CUDAExecutionProvider (ssdonnx.devtools.placement.simulate_cuda_placement, on stand-in CUDA libraries).
+CUDAExecutionProvider (ssdonnx.devtools.placement.simulate_cuda_placement, on stand-in CUDA
+libraries).
 Negative controls show that the check fails where it should."""
 
 import shutil
@@ -91,7 +92,8 @@ CONTROLS = {
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_negative_controls_are_flagged(tmp_path, standin_cache, name):
     nodes, inputs, out_type, culprit, registry_knows = CONTROLS[name]
-    report = simulate_cuda_placement(control(tmp_path, name, nodes, inputs, out_type), standin_cache)
+    report = simulate_cuda_placement(control(tmp_path, name, nodes, inputs, out_type),
+                                     standin_cache)
     assert not report.ok
     assert [n.name for n in report.cpu_compute] == [culprit]
     assert [n.name for n in report.without_kernel] == ([culprit] if registry_knows else [])

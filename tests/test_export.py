@@ -12,6 +12,8 @@ from ssdonnx.deploy.parity import LOSS_ATOL, LOSS_RTOL, Case, check_parity
 from ssdonnx.deploy.runtime import Session
 from helpers import random_predictions, random_targets
 
+pytestmark = pytest.mark.parity
+
 # Nodes that would force work off CUDA or make the graph data-dependent.
 FORBIDDEN = {"NonZero", "SoftmaxCrossEntropyLoss", "Loop", "If"}
 
