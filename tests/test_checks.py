@@ -13,7 +13,8 @@ from ssdonnx.checks import COORD_TOLERANCE
 from ssdonnx.deploy.graphs import LossGraph
 from ssdonnx.postprocess import detect
 from helpers import dbox, random_predictions, random_targets
-from ssdonnx.testing.reference import multibox_loss_reference
+from ssdonnx.deploy.parity import LOSS_ATOL, LOSS_RTOL
+from ssdonnx.testing.reference import SEED_ATOL, SEED_RTOL, multibox_loss_reference
 
 # A few hundred examples in CI; tools/fuzz.py raises this for long runs.
 EXAMPLES = int(os.environ.get("SSDONNX_FUZZ_EXAMPLES", "60"))
@@ -160,12 +161,12 @@ def test_valid_batches_are_finite_and_equal_reference_in_graph_and_eager(exporte
     assert all(torch.isfinite(x) for x in eager)
     sess = _loss_session(exported["loss"])
     out = sess.run(loc=loc, conf=conf, targets=ssdonnx.pad_targets(targets))
-    np.testing.assert_allclose(out["loss_l"], eager[0].numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out["loss_c"], eager[1].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["loss_l"], eager[0].numpy(), rtol=LOSS_RTOL, atol=LOSS_ATOL)
+    np.testing.assert_allclose(out["loss_c"], eager[1].numpy(), rtol=LOSS_RTOL, atol=LOSS_ATOL)
     if sum(counts):
         ref = multibox_loss_reference(loc, conf, dbox(), targets)
-        torch.testing.assert_close(eager[0], ref[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(eager[1], ref[1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(eager[0], ref[0], rtol=SEED_RTOL, atol=SEED_ATOL)
+        torch.testing.assert_close(eager[1], ref[1], rtol=SEED_RTOL, atol=SEED_ATOL)
     else:
         assert eager[0] == 0 and eager[1] == 0
 
@@ -203,8 +204,8 @@ def test_exported_graph_keeps_unrejectable_rows_finite(exported, seed, counts, k
     eager = LossGraph(ssdonnx.get_config("ssd300-voc"))
     eager.criterion.validate = False
     ref = eager(loc, conf, targets)
-    np.testing.assert_allclose(out["loss_l"], ref[0].numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out["loss_c"], ref[1].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["loss_l"], ref[0].numpy(), rtol=LOSS_RTOL, atol=LOSS_ATOL)
+    np.testing.assert_allclose(out["loss_c"], ref[1].numpy(), rtol=LOSS_RTOL, atol=LOSS_ATOL)
     if kind.startswith("label"):
         # the row counts as padding: same losses as without it
         dropped = targets.clone()

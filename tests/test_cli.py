@@ -16,6 +16,7 @@ import torch
 import ssdonnx
 from conftest import invoke
 from helpers import random_predictions, random_targets
+from ssdonnx.deploy.parity import LOSS_ATOL, LOSS_RTOL
 
 
 def assert_input_error(result, *fragments):
@@ -141,8 +142,8 @@ def test_loss_command(exported, tmp_path, per_image):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["batch"] == 3 and out["provider"] == "cpu"
-    np.testing.assert_allclose(out["loss_l"], float(ref[0]), rtol=1e-4)
-    np.testing.assert_allclose(out["loss_c"], float(ref[1]), rtol=1e-4)
+    np.testing.assert_allclose(out["loss_l"], float(ref[0]), rtol=LOSS_RTOL, atol=LOSS_ATOL)
+    np.testing.assert_allclose(out["loss_c"], float(ref[1]), rtol=LOSS_RTOL, atol=LOSS_ATOL)
     text = invoke("loss", exported["loss"], "--inputs", tmp_path / "batch.npz",
                   "--provider", "cpu")
     assert "loss_l = " in text.output and "loss_c = " in text.output

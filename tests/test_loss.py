@@ -7,9 +7,9 @@ from hypothesis import given, settings, strategies as st
 
 import ssdonnx
 from helpers import dbox, random_predictions, random_targets
-from ssdonnx.testing.reference import multibox_loss_reference
+from ssdonnx.testing.reference import GRAD_ATOL, SEED_ATOL, SEED_RTOL, multibox_loss_reference
 
-RTOL = 1e-5  # the bar for values and gradients against the seed
+RTOL = SEED_RTOL
 
 
 def both_losses(targets, seed=0, C=21, scale=1.0):
@@ -25,11 +25,11 @@ def both_losses(targets, seed=0, C=21, scale=1.0):
 def assert_equal_to_seed(targets, seed=0, scale=1.0):
     ours, ref, (la, ca), (lb, cb) = both_losses(targets, seed, scale=scale)
     for o, r in zip(ours, ref):
-        torch.testing.assert_close(o, r, rtol=RTOL, atol=1e-6)
+        torch.testing.assert_close(o, r, rtol=RTOL, atol=SEED_ATOL)
     (ours[0] + ours[1]).backward()
     (ref[0] + ref[1]).backward()
-    torch.testing.assert_close(la.grad, lb.grad, rtol=RTOL, atol=1e-7)
-    torch.testing.assert_close(ca.grad, cb.grad, rtol=RTOL, atol=1e-7)
+    torch.testing.assert_close(la.grad, lb.grad, rtol=RTOL, atol=GRAD_ATOL)
+    torch.testing.assert_close(ca.grad, cb.grad, rtol=RTOL, atol=GRAD_ATOL)
     return ours
 
 
@@ -152,7 +152,7 @@ def test_loss_on_cuda_equals_cpu_without_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for c, g in zip(on_cpu, on_cuda):
-        torch.testing.assert_close(g.cpu(), c, rtol=RTOL, atol=1e-6)
+        torch.testing.assert_close(g.cpu(), c, rtol=RTOL, atol=SEED_ATOL)
 
 
 def test_sub_micro_boxes_give_the_seeds_loss():

@@ -6,6 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 from ssdonnx.boxes import box_iou, xyxy_to_cxcywh
 from ssdonnx.postprocess import ONNX_TRANSLATIONS, DetectionHead, detect, nms
 from helpers import dbox
+from ssdonnx.deploy.parity import compare_detections
 from ssdonnx.testing.reference import detect_reference, nm_suppression_reference
 
 BOX_ATOL = 1e-5   # the bar for boxes against the loop reference
@@ -151,4 +152,7 @@ def test_exported_nms_matches_eager_on_crafted_boxes(tmp_path):
     out_dets, out_num = sess.run(None, {"loc": loc3.numpy(), "conf": conf3.numpy()})
     dets, num = detect(loc3, conf3, priors)
     assert out_num.tolist() == num.tolist() == [4, 4, 4]
-    assert as_sets(out_dets, out_num) == as_sets(dets.numpy(), num.numpy())
+    # Values from different kernels: matched within the parity tolerance, never with ==
+    # (an AVX-512 onnxruntime gave 0.6000000834 where eager gave 0.6000000238).
+    row = compare_detections("crafted", dets.numpy(), num.numpy(), out_dets, out_num)
+    assert row.passed, row
