@@ -72,7 +72,8 @@ def encode_features(features: Tensor, priors: Tensor, variances: tuple[float, fl
     # Whole rows of 4, no column slices: on CPU an op on a strided [P, 2] view is ten times
     # slower than on a contiguous [P, 4].
     size = priors[:, 2:].repeat(1, 2)                                      # [P, 4] w h w h
-    is_size = torch.tensor([False, False, True, True], device=priors.device)
+    # Made on the device (torch.tensor([...], device=...) would copy from the host).
+    is_size = torch.arange(4, device=priors.device) >= 2                   # F F T T
     prior = torch.where(is_size, size.log(), priors)                       # cx cy log w log h
     scale = torch.where(is_size, variances[1], variances[0] * size)        # v0w v0h v1 v1
     return (features - prior) / scale

@@ -13,9 +13,9 @@ from .errors import InputError
 from .matching import match, pad_targets
 
 
-@torch.library.custom_op("ssdonnx::kth_largest", mutates_args=())
-def kth_largest(values: Tensor, k: Tensor) -> Tensor:
-    """The k-th largest value of each row: values [B, N], k int64 [B, 1] -> [B, 1].
+def kth_largest_kernel(values: Tensor, k: Tensor) -> Tensor:
+    """The k-th largest value of each row: values [B, N], k int64 [B, 1] -> [B, 1]. The
+    eager kernel of the custom operator ``kth_largest`` below (which callers use).
 
     k is taken in 1..N (k = 0 gives the largest). On the CPU a partial selection of the
     batch's largest k (read on the host) does far less work than a full sort; on other
@@ -28,6 +28,10 @@ def kth_largest(values: Tensor, k: Tensor) -> Tensor:
     else:
         ranked = values.sort(1, descending=True).values                        # [B, N]
     return ranked.gather(1, k - 1)
+
+
+kth_largest = torch.library.custom_op("ssdonnx::kth_largest", kth_largest_kernel,
+                                      mutates_args=())
 
 
 @kth_largest.register_fake

@@ -33,12 +33,12 @@ def pad_targets(targets: Sequence[Tensor], validate: bool = True) -> Tensor:
     if validate:
         checks.require_same_device(**{f"targets[{i}]": t for i, t in enumerate(targets)})
     dtype = targets[0].dtype
+    # Padded with -1 everywhere, then the coordinates of rows labelled -1 zeroed: no
+    # lengths tensor, which would be copied from the host to the targets' device.
     padded = torch.nn.utils.rnn.pad_sequence([t.to(dtype) for t in targets],
-                                             batch_first=True)               # [B, G, 5]
-    lengths = torch.tensor([t.shape[0] for t in targets], device=padded.device)
-    is_padding = torch.arange(padded.shape[1], device=padded.device) >= lengths[:, None]
-    labels = torch.where(is_padding, -1.0, padded[..., 4])
-    return torch.cat([padded[..., :4], labels[..., None].to(dtype)], -1)
+                                             batch_first=True, padding_value=-1.0)  # [B, G, 5]
+    is_padding = padded[..., 4:] == -1
+    return torch.cat([padded[..., :4].masked_fill(is_padding, 0.0), padded[..., 4:]], -1)
 
 
 def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,

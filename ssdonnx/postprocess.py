@@ -23,43 +23,71 @@ NMS_THRESH = 0.45
 MAX_DETECTIONS = 200
 
 
-@torch.library.custom_op("ssdonnx::nms", mutates_args=())
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
-    """Greedy NMS over N independent sets of candidates.
+def nms_kernel(boxes: Tensor, scores: Tensor, iou_threshold: float,
+               score_threshold: float) -> Tensor:
+    """Greedy NMS over N independent sets of candidates: the eager kernel of the custom
+    operator ``nms`` below (which callers use).
 
     boxes: Tensor[N, k, 4] xyxy; scores: Tensor[N, k] -> keep: bool Tensor[N, k].
     Candidates with score <= score_threshold are dropped; in decreasing score order,
     a candidate is kept unless its IoU with an already kept one exceeds iou_threshold
     (the seed's ``nm_suppression`` keeps IoU <= threshold).
+
+    The eager kernel differs by device, the result does not: on the CPU it reads on the
+    host how many candidates pass the score threshold and stops iterating once nothing
+    changes; elsewhere (CUDA) it reads nothing back, which would wait for the GPU, and
+    scans all k candidates once. The exported graph runs ONNX NonMaxSuppression.
     """
     N, k = scores.shape
     order = scores.argsort(1, descending=True)                                 # [N, k]
     sorted_scores = scores.gather(1, order)
     valid = sorted_scores > score_threshold                                     # [N, k]
     # Valid candidates are a prefix of each sorted row: only the longest prefix needs
-    # IoUs. (This eager kernel may size tensors by the data; the exported graph runs
-    # ONNX NonMaxSuppression instead.)
-    m = int(valid.sum(1).max()) if N else 0
+    # IoUs. Its length is data, read on the host: the CPU kernel only.
+    on_cpu = boxes.device.type == "cpu"
+    m = (int(valid.sum(1).max()) if N else 0) if on_cpu else k
     keep_sorted = torch.zeros_like(valid)
     if m:
         top = order[:, :m]
         sorted_boxes = boxes.gather(1, top[..., None].expand(N, m, 4))          # [N, m, 4]
         later = torch.ones(m, m, dtype=torch.bool, device=boxes.device).triu(1)
         suppresses = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold) & later
-        suppresses = suppresses.to(sorted_scores.dtype)                         # [N, m, m]
-        valid = valid[:, :m]
-        # Greedy NMS is the unique fixed point of "kept = valid and not suppressed by a
-        # kept higher-scored box": iterating from all-valid fixes at least one more
-        # position per step, so the loop ends after at most m steps, usually a handful.
-        alive = valid
-        for _ in range(m + 1):
-            hit = torch.bmm(alive[:, None].to(suppresses.dtype), suppresses)[:, 0] > 0
-            new = valid & ~hit
-            if torch.equal(new, alive):
-                break
-            alive = new
-        keep_sorted[:, :m] = alive
+        greedy = greedy_fixed_point if on_cpu else greedy_scan
+        keep_sorted[:, :m] = greedy(valid[:, :m], suppresses)
     return torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+
+
+nms = torch.library.custom_op("ssdonnx::nms", nms_kernel, mutates_args=())
+
+
+def greedy_fixed_point(valid: Tensor, suppresses: Tensor) -> Tensor:
+    """Greedy NMS from a suppression matrix: valid bool [N, m] in score order,
+    suppresses bool [N, m, m] (row j suppresses column i > j) -> kept bool [N, m].
+
+    Greedy NMS is the unique fixed point of "kept = valid and not suppressed by a kept
+    higher-scored box": iterating from all-valid fixes at least one more position per
+    step, so the loop ends after at most m steps, usually a handful. Each step reads
+    one bool on the host (whether anything changed): for the CPU."""
+    suppresses = suppresses.to(torch.float32)
+    alive = valid
+    for _ in range(valid.shape[1] + 1):
+        hit = torch.bmm(alive[:, None].to(suppresses.dtype), suppresses)[:, 0] > 0
+        new = valid & ~hit
+        if torch.equal(new, alive):
+            break
+        alive = new
+    return alive
+
+
+def greedy_scan(valid: Tensor, suppresses: Tensor) -> Tensor:
+    """``greedy_fixed_point``'s result in one pass over the m positions, reading nothing
+    back to the host (for CUDA): position i is decided from the already decided
+    positions before it."""
+    kept = valid.clone()
+    for i in range(1, valid.shape[1]):
+        hit = (suppresses[:, :i, i] & kept[:, :i]).any(1)                      # [N]
+        kept[:, i] &= ~hit
+    return kept
 
 
 @nms.register_fake
@@ -117,7 +145,8 @@ def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_TH
     top_boxes = cand_boxes.gather(1, top[..., None].expand(B, n, 4)).clamp(0, 1)
     classes = (top // k + 1).to(top_boxes.dtype)
     rows = torch.cat([top_boxes, top_scores[..., None], classes[..., None]], 2)  # [B, n, 6]
-    empty = torch.tensor([0, 0, 0, 0, 0, -1], dtype=rows.dtype, device=rows.device)
+    # (0, 0, 0, 0, 0, -1), made on the device rather than copied from the host.
+    empty = -(torch.arange(6, device=rows.device) == 5).to(rows.dtype)
     rows = torch.where(kept[..., None], rows, empty)
     if n < max_detections:
         rows = torch.cat([rows, empty.expand(B, max_detections - n, 6)], 1)
