@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ from ssdonnx.deploy.runtime import Session
 from helpers import random_predictions, random_targets
 
 pytestmark = pytest.mark.parity
+ROOT = Path(__file__).resolve().parent.parent
 
 # Nodes that would force work off CUDA or make the graph data-dependent.
 FORBIDDEN = {"NonZero", "SoftmaxCrossEntropyLoss", "Loop", "If"}
@@ -107,3 +109,74 @@ def test_export_with_a_checkpoint(tmp_path):
     assert all(r.passed for r in check_parity(info, sess, weights, cases=[Case(2)]))
     with pytest.raises(ValueError, match="exported from a checkpoint; pass the same"):
         check_parity(info, sess, None)
+
+
+def small_constants(path) -> dict[float, set[str]]:
+    """Float constants under 1e-3 (not 0) in a graph, and the op types that take them."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    takers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            takers.setdefault(name, set()).add(node.op_type)
+    found: dict[float, set[str]] = {}
+    values = [(i.name, numpy_helper.to_array(i)) for i in model.graph.initializer]
+    values += [(n.output[0], numpy_helper.to_array(a.t)) for n in model.graph.node
+               if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for name, array in values:
+        if array.dtype.kind == "f" and array.size <= 16:
+            for v in array.ravel():
+                if v != 0 and abs(v) < 1e-3:
+                    found.setdefault(float(np.float32(v)), set()).update(takers.get(name, ()))
+    return found
+
+
+def test_the_graphs_guards_are_the_known_ones(exported):
+    # Every tiny constant is a guard that some parity case reaches: L2Norm's lower bound
+    # on the norm (flat pictures: all-zero features) and boxes.ENCODE_MIN_SIZE (degenerate
+    # boxes, tests/test_checks.py). A new one needs its case; an Add of one is the kind
+    # the exporter's optimizer folds away (norm + 1e-10 became norm).
+    from ssdonnx.boxes import ENCODE_MIN_SIZE
+
+    eps = float(np.float32(1e-10))
+    assert small_constants(exported["model"]) == {eps: {"Clip"}}
+    assert small_constants(exported["detector"]) == {eps: {"Clip"}}
+    assert small_constants(exported["loss"]) == {float(np.float32(ENCODE_MIN_SIZE)): {"Where"}}
+
+
+def test_exported_network_is_finite_and_equal_on_flat_pictures(exported):
+    # The seeded SSD300 has zero biases, so a picture of the mean colour gives all-zero
+    # features at conv4_3: PyTorch's L2Norm divides 0 by its epsilon, and so must ONNX.
+    from ssdonnx.deploy.parity import NETWORK_ATOL, NETWORK_RTOL, flat_pictures
+
+    images = flat_pictures(4, 300)
+    out = Session(exported["model"], "cpu").run(images=images)
+    with torch.no_grad():
+        ref = build_graph("model", ssdonnx.get_config("ssd300-voc"))(images)
+    for name, r in zip(("loc", "conf"), ref):
+        assert np.isfinite(out[name]).all(), name
+        np.testing.assert_allclose(out[name], r.numpy(), rtol=NETWORK_RTOL, atol=NETWORK_ATOL)
+
+
+def test_the_exporter_folds_an_added_epsilon(tmp_path):
+    # Why L2Norm divides by max(norm, eps): written as the seed writes it, norm + eps is
+    # exported as norm, and all-zero features give 0/0.
+    from ssdonnx.deploy.graphs import to_onnx
+
+    class SeedNorm(torch.nn.Module):
+        def forward(self, x):
+            return x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+
+    x = torch.zeros(1, 4, 3, 3)
+    onnx.save(to_onnx(SeedNorm(), {"x": x}, ["y"], {"x": {}}), tmp_path / "norm.onnx")
+    (y,) = Session(tmp_path / "norm.onnx", "cpu").session.run(None, {"x": x.numpy()})
+    assert torch.isfinite(SeedNorm()(x)).all() and np.isnan(y).all()
+
+
+def test_verify_takes_pictures_too(shapes_detector):
+    samples = ROOT / "models" / "ssd-shapes" / "samples"
+    result = ssdonnx.verify(shapes_detector, ROOT / "models" / "ssd-shapes" / "weights.pth",
+                            "cpu", data=samples)
+    assert result.passed, result.report()
+    assert any(r.case.endswith("pictures of samples") for r in result.rows)

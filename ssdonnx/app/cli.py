@@ -90,8 +90,8 @@ def export(kind, config, weights, output, opset, force, no_verify, int8, calibra
               help="Batch size of the check inputs [default: 3, 1 and 4].")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
-              help="int8 detectors: pictures to compare on (a folder or a VOC-layout set; "
-                   "its first 64) [default: the calibration pictures].")
+              help="Pictures to compare on too (a folder or a VOC-layout set; its first 8); "
+                   "for int8 detectors its first 64 instead of the calibration pictures.")
 def verify(file, weights, provider, runtime, batch, seed, data):
     """Rebuild FILE's PyTorch reference and compare it with onnxruntime (or the ONNX
     reference implementation).

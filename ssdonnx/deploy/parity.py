@@ -32,29 +32,35 @@ class Case:
     """One input a graph is checked on. ``inputs``: ``random`` (pictures like photos;
     network outputs and valid targets for the loss), ``flat`` (pictures of one colour:
     the mean colour, which pre-processes to all zeros, black, white, and half mean
-    colour), ``zeros`` (loss: loc and conf all 0) or ``empty`` (loss: no objects, G = 0)."""
+    colour), ``pictures`` (the picture files ``files``), ``zeros`` (loss: loc and conf
+    all 0) or ``empty`` (loss: no objects, G = 0)."""
     batch: int
     objects: int = 0
     inputs: str = "random"
+    files: tuple[Path, ...] = ()
 
     def describe(self, kind: str, seed: int) -> str:
         size = f"B={self.batch}" + (f", G={self.objects}" if kind == "loss" else "")
         what = {"random": f"seed {seed}", "flat": "flat pictures",
+                "pictures": f"pictures of {self.files[0].parent.name if self.files else ''}",
                 "zeros": "loc, conf = 0", "empty": "no objects"}[self.inputs]
         return f"{size}, {what}"
 
 
-def cases_for(kind: str, batch: int | None = None) -> list[Case]:
+def cases_for(kind: str, batch: int | None = None, pictures=None) -> list[Case]:
     """The cases ``verify`` checks: batch sizes other than the export example's (2; and
     1, which torch.export likes to specialise), and inputs that reach the graphs'
-    guards (L2Norm on all-zero features, the loss with nothing to learn from)."""
+    guards (L2Norm on all-zero features, the loss with nothing to learn from); for the
+    network and the detector also ``pictures`` (files), if given."""
     if kind == "loss":
         if batch is not None:
             return [Case(batch, 4), Case(batch, 4, "zeros"), Case(batch, 0, "empty")]
         return [Case(3, 5), Case(1, 1), Case(2, 3, "zeros"), Case(2, 0, "empty")]
-    if batch is not None:
-        return [Case(batch), Case(batch, inputs="flat")]
-    return [Case(3), Case(1), Case(4, inputs="flat")]
+    cases = [Case(batch), Case(batch, inputs="flat")] if batch is not None else \
+        [Case(3), Case(1), Case(4, inputs="flat")]
+    if pictures:
+        cases.append(Case(len(pictures), inputs="pictures", files=tuple(pictures)))
+    return cases
 
 
 def flat_pictures(batch: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -77,6 +83,10 @@ def case_inputs(case: Case, kind: str, cfg, seed: int) -> dict[str, torch.Tensor
     inputs = example_inputs(kind, cfg, case.batch, max(case.objects, 1), seed=seed)
     if case.inputs == "flat":
         inputs["images"] = flat_pictures(case.batch, cfg.input_size, seed)
+    elif case.inputs == "pictures":
+        from ..pictures import load_batch
+
+        inputs["images"] = torch.from_numpy(load_batch(case.files, cfg))
     elif case.inputs == "zeros":
         inputs["loc"] = torch.zeros_like(inputs["loc"])
         inputs["conf"] = torch.zeros_like(inputs["conf"])
@@ -387,8 +397,10 @@ def verify(path, weights=None, provider: str = "auto", batch: int | None = None,
     """Rebuild the PyTorch reference of the ssdonnx file ``path`` and compare.
 
     Float32 graphs: outputs within the named tolerances on the cases of ``cases_for``
-    (``batch`` replaces their batch sizes). int8 detectors: detections matched with
-    float32's on pictures (``data``, or the calibration folder the file names).
+    (``batch`` replaces their batch sizes; ``data``, a folder, adds its first
+    ``PICTURES_CASE`` pictures for the network and the detector). int8 detectors:
+    detections matched with float32's on pictures (``data``, or the calibration folder
+    the file names).
     ``runtime``: ``onnxruntime`` on ``provider``, or ``reference``, the ONNX reference
     implementation (``onnx.reference``), independent of onnxruntime.
     """
@@ -418,12 +430,19 @@ def verify(path, weights=None, provider: str = "auto", batch: int | None = None,
     else:
         if log:
             log(f"verifying {name} ({info.kind}, {info.config.name}) on {how}")
-        result.rows = check_parity(info, session, weights, cases_for(info.kind, batch),
-                                   seed, progress)
+        pictures = None
+        if data is not None and info.kind != "loss":
+            from ..pictures import collect_pictures
+
+            pictures = collect_pictures(data, PICTURES_CASE)
+        result.rows = check_parity(info, session, weights,
+                                   cases_for(info.kind, batch, pictures), seed, progress)
     if log:
         log(result.report())
     return result
 
 
-# Pictures an int8 detector is compared on when given a folder (the first N by path).
+# Pictures an int8 detector is compared on when given a folder (the first N by path),
+# and a float32 graph's case of pictures.
 INT8_VERIFY_PICTURES = 64
+PICTURES_CASE = 8
