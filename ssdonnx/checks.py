@@ -106,12 +106,23 @@ def check_targets(targets: Tensor, num_classes: int | None = None,
             raise InputError(f"{name}: image {b}, row {g}: {what}: {row}")
 
 
+def check_dbox(dbox: Tensor) -> None:
+    """dbox: float [P, 4] (cx, cy, w, h), finite, w and h > 0 (a box of no size gives
+    inf or NaN offsets)."""
+    require_float(dbox, "dbox")
+    require_shape(dbox, "dbox", "[P, 4]", 2, d1=4)
+    require_finite(dbox, "dbox")
+    if dbox.numel() and not bool((dbox[:, 2:] > 0).all()):
+        i = int((dbox[:, 2:] <= 0).any(1).nonzero()[0])
+        raise InputError(f"dbox: default box {i} has a width or height <= 0: "
+                         f"{[round(float(v), 6) for v in dbox[i]]}")
+
+
 def check_predictions(loc: Tensor, conf: Tensor, dbox: Tensor) -> None:
     """loc: [B, P, 4], conf: [B, P, C], dbox: [P, 4]; float, finite, one device."""
     require_float(loc, "loc")
     require_float(conf, "conf")
-    require_float(dbox, "dbox")
-    require_shape(dbox, "dbox", "[P, 4]", 2, d1=4)
+    check_dbox(dbox)
     P = dbox.shape[0]
     require_shape(loc, "loc", "[B, P, 4]", 3, d1=P, d2=4)
     require_shape(conf, "conf", "[B, P, C]", 3, d0=loc.shape[0], d1=P)
@@ -120,4 +131,36 @@ def check_predictions(loc: Tensor, conf: Tensor, dbox: Tensor) -> None:
     require_same_device(loc=loc, conf=conf, dbox=dbox)
     require_finite(loc.detach(), "loc")
     require_finite(conf.detach(), "conf", "logits")
-    require_finite(dbox, "dbox")
+
+
+# Hyperparameters, checked where they are set.
+
+def check_fraction(value, name: str, low: float = 0.0, high: float = 1.0,
+                   low_open: bool = False) -> float:
+    """A number in [low, high] (or (low, high] with ``low_open``); NaN is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not (low < value <= high if low_open else low <= value <= high):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise InputError(f"{name}: expected a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_count(value, name: str, low: int = 1, high: int = 1_000_000) -> int:
+    """A whole number in [low, high] (not a bool, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name}: expected a whole number from {low} to {high}, "
+                         f"got {value!r}")
+    return value
+
+
+def check_variances(variances) -> tuple[float, float]:
+    """Encoding variances (centre, size): two positive finite numbers."""
+    try:
+        values = tuple(variances)
+    except TypeError:
+        values = ()
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                               or not 0 < v < float("inf") for v in values):
+        raise InputError(f"variances: expected two positive numbers (centre, size), "
+                         f"got {variances!r}")
+    return float(values[0]), float(values[1])

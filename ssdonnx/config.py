@@ -15,6 +15,15 @@ from .errors import ConfigError
 # The presets: package data, present in an editable install, a wheel and a zip alike.
 PRESETS = resources.files("ssdonnx") / "presets"
 
+# Bounds a config must keep, so that a file cannot ask for an absurd network (a config
+# arrives in JSON files and in ONNX metadata, both of which can lie).
+MAX_INPUT_SIZE = 2048
+MAX_CLASSES = 10_000
+MAX_WIDTH = 4.0
+MAX_CHANNELS = 8192
+MAX_PRIORS = 500_000
+MAX_NAME_CHARS = 200
+
 
 @dataclass(frozen=True)
 class SSDConfig:
@@ -50,6 +59,7 @@ class SSDConfig:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
+        self._check_bounds()
         n = len(self.feature_maps)
         for field in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
             if len(getattr(self, field)) != n:
@@ -78,6 +88,52 @@ class SSDConfig:
                 f"the network's source maps {computed} for input_size {self.input_size}"
             )
 
+    def _check_bounds(self) -> None:
+        def fail(message):
+            raise ConfigError(f"config {str(self.name)[:40]!r}: {message}")
+
+        def positive(values, what):
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                        not math.isfinite(v) or v <= 0:
+                    fail(f"{what} must be positive numbers, got {str(v)[:20]}")
+
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_NAME_CHARS:
+            fail(f"name must be a string of 1 to {MAX_NAME_CHARS} characters")
+        for field, top in (("input_size", MAX_INPUT_SIZE), ("num_classes", MAX_CLASSES)):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                fail(f"{field} must be a whole number from 1 to {top}, got {str(v)[:20]}")
+        positive([self.width], "width")
+        if self.width > MAX_WIDTH:
+            fail(f"width must be at most {MAX_WIDTH}, got {self.width}")
+        if len(self.feature_maps) > 16:
+            fail(f"{len(self.feature_maps)} feature maps; at most 16")
+        positive(self.feature_maps, "feature_maps")
+        positive(self.steps, "steps")
+        positive(self.min_sizes, "min_sizes")
+        positive(self.max_sizes, "max_sizes")
+        for ars in self.aspect_ratios:
+            if len(ars) > 8:
+                fail("at most 8 aspect ratios per feature map")
+            positive(ars, "aspect_ratios")
+        positive(self.variances, "variances")
+        if len(self.variances) != 2:
+            fail(f"variances are (centre, size): two numbers, got {len(self.variances)}")
+        for block in self.extras:
+            mid, out, kernel, stride, padding = block
+            if not (1 <= mid <= MAX_CHANNELS and 1 <= out <= MAX_CHANNELS and 1 <= kernel <= 7
+                    and 1 <= stride <= 4 and 0 <= padding <= 3):
+                fail(f"extras block {list(block)}: expected channels 1..{MAX_CHANNELS}, kernel "
+                     "1..7, stride 1..4, padding 0..3")
+        if any(not isinstance(c, str) or not c or len(c) > MAX_NAME_CHARS
+               for c in self.class_names):
+            fail(f"class_names must be strings of 1 to {MAX_NAME_CHARS} characters")
+        if all(isinstance(f, int) for f in self.feature_maps) and \
+                sum(f * f * (2 + 2 * len(a)) for f, a in zip(self.feature_maps,
+                                                           self.aspect_ratios)) > MAX_PRIORS:
+            fail(f"more than {MAX_PRIORS} default boxes")
+
     @property
     def boxes_per_location(self) -> tuple[int, ...]:
         """DBoxes per feature-map cell: two squares plus two per extra aspect ratio."""
@@ -98,9 +154,10 @@ class SSDConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: a config must be a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(k)[:40] for k in set(data) - names)
         if unknown:
-            raise ConfigError(f"{source}: unknown config keys {unknown}")
+            raise ConfigError(f"{source}: unknown config keys {unknown[:5]}"
+                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING}
         missing = sorted(required - set(data))
@@ -109,7 +166,9 @@ class SSDConfig:
         try:
             kwargs = dict(data)
             for key in ("feature_maps", "steps", "min_sizes", "max_sizes", "variances",
-                        "class_names"):
+                        "class_names", "aspect_ratios", "extras"):
+                if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
+                    raise ConfigError(f"{source}: {key} must be a list")
                 if key in kwargs:
                     kwargs[key] = tuple(kwargs[key])
             kwargs["aspect_ratios"] = tuple(tuple(a) for a in kwargs["aspect_ratios"])
@@ -161,7 +220,12 @@ def get_config(name_or_path: str | Path | SSDConfig) -> SSDConfig:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
+        if path.stat().st_size > 1 << 20:
+            raise ConfigError(f"config file {str(path)!r} is over 1 MB; not a config")
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {str(path)!r} is nested too deeply to be a config") \
+            from None
     return SSDConfig.from_dict(data, source=f"config file {str(path)!r}")

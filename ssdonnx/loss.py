@@ -22,6 +22,8 @@ def kth_largest_kernel(values: Tensor, k: Tensor) -> Tensor:
     devices a full sort avoids that read, which would wait for the GPU. In ONNX: TopK of
     all N, for the same reason.
     """
+    if values.shape[0] == 0:      # no rows: nothing to select (and k.max() has no value)
+        return values.new_empty((0, 1))
     k = k.clamp(1, values.shape[1])
     if values.device.type == "cpu":
         ranked = values.topk(int(k.max()), dim=1).values                       # [B, K]
@@ -51,6 +53,11 @@ def kth_largest_onnx(values, k):
 
 
 ONNX_TRANSLATIONS = {torch.ops.ssdonnx.kth_largest.default: kth_largest_onnx}
+
+
+# Negatives mined per positive at most: far beyond any use (the seed's 3), and small
+# enough that num_pos * neg_pos never wraps int64.
+MAX_NEG_POS = 10_000
 
 
 class BoxCrossEntropy(torch.autograd.Function):
@@ -102,11 +109,13 @@ class MultiBoxLoss(nn.Module):
         super().__init__()
         if normalize not in ("batch", "global"):
             raise InputError(f"normalize: expected 'batch' or 'global', got {normalize!r}")
-        self.jaccard_thresh = jaccard_thresh
-        self.negpos_ratio = neg_pos
+        self.jaccard_thresh = checks.check_fraction(jaccard_thresh, "jaccard_thresh",
+                                                    low_open=True)
+        self.negpos_ratio = checks.check_count(neg_pos, "neg_pos", 0, MAX_NEG_POS)
         self.device = device  # accepted for compatibility; computation follows the inputs
-        self.variances = tuple(variances)
-        self.num_classes = num_classes
+        self.variances = checks.check_variances(variances)
+        self.num_classes = None if num_classes is None else \
+            checks.check_count(num_classes, "num_classes", 2)
         self.validate = validate
         self.normalize = normalize
 

@@ -60,6 +60,9 @@ def match(truths: Tensor, labels: Tensor, dbox: Tensor, threshold: float = 0.5,
         checks.require_shape(truths, "truths", "[B, G, 4]", 3, d2=4)
         checks.require_shape(labels, "labels", "[B, G]", 2, d0=truths.shape[0],
                              d1=truths.shape[1])
+        checks.check_dbox(dbox)
+        checks.check_fraction(threshold, "threshold", low_open=True)
+        checks.check_variances(variances)
         checks.require_same_device(truths=truths, labels=labels, dbox=dbox)
         checks.check_targets(torch.cat([truths, labels[..., None].to(truths.dtype)], -1),
                              name="truths/labels")

@@ -127,7 +127,6 @@ class SSD(nn.Module):
             checks.require_float(images, "images")
             checks.require_shape(images, "images", f"[B, 3, {S}, {S}]", 4, d1=3, d2=S, d3=S)
             checks.require_finite(images.detach(), "images", "pixels")
-        B = images.shape[0]
         x = images
         for layer in self.vgg[: self.conv4_3_end]:
             x = layer(x)
@@ -140,11 +139,41 @@ class SSD(nn.Module):
             if i % 2 == 1:
                 sources.append(x)
         # [B, A*4, f, f] -> [B, f, f, A*4] -> [B, f*f*A, 4]: the DBox order.
-        loc = torch.cat([head(s).permute(0, 2, 3, 1).reshape(B, -1, 4)
-                         for head, s in zip(self.loc, sources)], 1)       # [B, P, 4]
-        conf = torch.cat([head(s).permute(0, 2, 3, 1).reshape(B, -1, self.num_classes)
-                          for head, s in zip(self.conf, sources)], 1)     # [B, P, C]
-        return loc, conf
+        loc = torch.cat([_per_box(head(s), 4) for head, s in zip(self.loc, sources)], 1)
+        conf = torch.cat([_per_box(head(s), self.num_classes)
+                          for head, s in zip(self.conf, sources)], 1)
+        return loc, conf                                                  # [B, P, 4], [B, P, C]
+
+
+def _per_box(x: Tensor, values: int) -> Tensor:
+    """A head's output [B, A * values, f, f] -> [B, f * f * A, values]: the DBox order.
+    Sizes from the shape, not -1, so that an empty batch (B = 0) reshapes too."""
+    B, channels, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, h * w * (channels // values), values)
+
+
+# A checkpoint may hold at most this much once unpacked (SSD512 for COCO is about
+# 100 MB); torch writes its archives uncompressed, so a high compression ratio is a
+# decompression bomb, not a checkpoint.
+MAX_CHECKPOINT_BYTES = 2 << 30
+MAX_COMPRESSION_RATIO = 20
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, from the zip directory alone, a checkpoint that would unpack to more than
+    ``MAX_CHECKPOINT_BYTES`` or that is compressed as no torch checkpoint is."""
+    if not zipfile.is_zipfile(path):
+        return       # torch's legacy format: its size is the file's
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return       # torch.load names the problem
+    total = sum(e.file_size for e in entries)
+    packed = sum(e.compress_size for e in entries)
+    if total > MAX_CHECKPOINT_BYTES or total > MAX_COMPRESSION_RATIO * max(packed, 1) + (1 << 20):
+        raise CheckpointError(f"checkpoint {str(path)!r} declares {total / 2**20:.0f} MiB of data "
+                              f"in {path.stat().st_size / 2**20:.1f} MiB; not a checkpoint")
 
 
 def read_checkpoint_object(path: str | Path):
@@ -153,6 +182,7 @@ def read_checkpoint_object(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
+    _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
@@ -202,5 +232,9 @@ def load_weights(model: SSD, path: str | Path) -> SSD:
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model.cfg.name} "
                               f"({model.cfg.num_classes} classes): " + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: NaN or inf in "
+                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     target.load_state_dict(state, strict=True)
     return model

@@ -21,6 +21,8 @@ CONF_THRESH = 0.01
 TOP_K = 200
 NMS_THRESH = 0.45
 MAX_DETECTIONS = 200
+# top_k and max_detections at most this (the head's tensors grow with both).
+MAX_COUNT = 10_000
 
 
 def nms_kernel(boxes: Tensor, scores: Tensor, iou_threshold: float,
@@ -113,6 +115,15 @@ def nms_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
 ONNX_TRANSLATIONS = {torch.ops.ssdonnx.nms.default: nms_onnx}
 
 
+def check_thresholds(conf_thresh, top_k, nms_thresh, max_detections) -> dict:
+    """The detection head's settings, checked: scores and IoUs in [0, 1], counts >= 1."""
+    return dict(conf_thresh=checks.check_fraction(conf_thresh, "conf_thresh"),
+                top_k=checks.check_count(top_k, "top_k", 1, MAX_COUNT),
+                nms_thresh=checks.check_fraction(nms_thresh, "nms_thresh"),
+                max_detections=checks.check_count(max_detections, "max_detections", 1,
+                                                  MAX_COUNT))
+
+
 def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_THRESH,
            top_k: int = TOP_K, nms_thresh: float = NMS_THRESH,
            max_detections: int = MAX_DETECTIONS,
@@ -128,6 +139,8 @@ def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_TH
     """
     if validate and not checks.is_exporting():
         checks.check_predictions(loc, conf, dbox)
+        check_thresholds(conf_thresh, top_k, nms_thresh, max_detections)
+        checks.check_variances(variances)
     B, P, C = conf.shape
     scores = conf.float().softmax(-1)[..., 1:].transpose(1, 2)                 # [B, C-1, P]
     boxes = decode(loc.float(), dbox.float(), variances)                       # [B, P, 4]
@@ -139,7 +152,7 @@ def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_TH
                nms_thresh, conf_thresh).reshape(B, (C - 1) * k)                # [B, (C-1)k]
 
     n = min(max_detections, (C - 1) * k)
-    ranked = torch.where(keep, cand_scores.reshape(B, -1), -1.0)
+    ranked = torch.where(keep, cand_scores.reshape(B, (C - 1) * k), -1.0)
     top_scores, top = ranked.topk(n, dim=1)                                    # [B, n]
     kept = keep.gather(1, top)
     top_boxes = cand_boxes.gather(1, top[..., None].expand(B, n, 4)).clamp(0, 1)
@@ -161,12 +174,14 @@ class DetectionHead(nn.Module):
                  nms_thresh: float = NMS_THRESH, max_detections: int = MAX_DETECTIONS,
                  variances: tuple[float, float] = (0.1, 0.2)):
         super().__init__()
+        checks.check_dbox(dbox)
+        settings = check_thresholds(conf_thresh, top_k, nms_thresh, max_detections)
         self.register_buffer("dbox", dbox, persistent=False)
-        self.conf_thresh = conf_thresh
-        self.top_k = top_k
-        self.nms_thresh = nms_thresh
-        self.max_detections = max_detections
-        self.variances = tuple(variances)
+        self.conf_thresh = settings["conf_thresh"]
+        self.top_k = settings["top_k"]
+        self.nms_thresh = settings["nms_thresh"]
+        self.max_detections = settings["max_detections"]
+        self.variances = checks.check_variances(variances)
 
     def thresholds(self) -> dict:
         return dict(conf_thresh=self.conf_thresh, top_k=self.top_k,

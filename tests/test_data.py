@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from ssdonnx.errors import DataError
 from ssdonnx.training.data import AnnotationError, VOCDataset, collate, parse_annotation
 from ssdonnx.training.evaluate import average_precision, voc_map
 from ssdonnx.training.shapes import SHAPE_CLASSES, write_shapes
@@ -53,7 +54,7 @@ def test_bad_annotations(voc):
         parse_annotation(voc / "Annotations" / "c.xml", ("cat",))
     with pytest.raises(AnnotationError, match="object 0 has class 'dog'"):
         parse_annotation(voc / "Annotations" / "a.xml", ("cat",))
-    with pytest.raises(FileNotFoundError, match="no such image set"):
+    with pytest.raises(DataError, match="no such image set"):
         VOCDataset(voc, "train")
 
 

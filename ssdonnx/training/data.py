@@ -1,72 +1,362 @@
-"""Pascal VOC data (the seed's format) and a collate function that pads targets.
+"""Detection data: Pascal VOC folders (the seed's format, and the ``images/`` +
+``annotations/`` folders labelling tools such as LabelImg and CVAT write) and COCO JSON
+files, read into one form.
 
-Layout under ``root``: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` and
-``ImageSets/Main/<image_set>.txt`` (one id per line). Targets are ``[n, 5]`` rows
-(x1, y1, x2, y2, label) normalised to [0, 1] as the seed does: (pixel - 1) / size.
+A VOC folder holds pictures in ``JPEGImages/`` (or ``images/``; any format Pillow reads,
+one picture per id), one XML per picture in ``Annotations/`` (or ``annotations/``) and,
+optionally, lists of ids in ``ImageSets/Main/<set>.txt``. A COCO file
+(``instances_*.json``) names its pictures, found in ``images`` (default: the folder
+``images/`` beside the file, or the file's own folder). Image sets: ``train``,
+``train,val`` (several lists joined), or ``all`` (every annotated picture, no list
+needed). ``ssdonnx data split`` writes ``train``, ``val`` and ``trainval`` lists.
+
+Every annotation is read and checked when a set is opened, and each problem names its
+file: a data set fails before training starts, not in the middle of an epoch. Targets
+are ``[n, 5]`` rows (x1, y1, x2, y2, label) normalised to [0, 1]: VOC's 1-based pixels as
+the seed does, (pixel - 1) / size; COCO's 0-based ones as pixel / size.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import COORD_TOLERANCE
 from ..errors import DataError, InputError
 from ..matching import pad_targets
-from ..pictures import picture_array
+from ..pictures import picture_array, readable_suffixes
 from ..transforms import preprocess
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+PICTURE_FOLDERS = ("JPEGImages", "images")
+ANNOTATION_FOLDERS = ("Annotations", "annotations")
+LISTS = Path("ImageSets") / "Main"
+ALL = "all"
+# An annotation larger than this is not a picture's annotation (bytes).
+MAX_ANNOTATION_BYTES = 10 << 20
 
 
 class AnnotationError(DataError):
-    """A VOC annotation file that cannot be read."""
+    """An annotation file that cannot be read, or that does not fit its picture."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One annotated picture: targets float32 [n, 5] normalised (labels 0..C-2),
+    difficult bool [n] (VOC's flag; COCO's crowd regions), and the (width, height) the
+    annotation is for. ``source`` names the annotation for messages."""
+    id: str
+    picture: Path
+    targets: np.ndarray
+    difficult: np.ndarray
+    size: tuple[int, int]
+    source: str
+
+
+# --- VOC -------------------------------------------------------------------------------
+
+def _text(node, path, what) -> str:
+    if node is None or node.text is None or not node.text.strip():
+        raise AnnotationError(f"{path}: {what} is missing")
+    return node.text.strip()
+
+
+def _number(node, path, what) -> float:
+    text = _text(node, path, what)
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnnotationError(f"{path}: {what} is {text[:20]!r}, not a number") from None
+    if not math.isfinite(value):
+        raise AnnotationError(f"{path}: {what} is {text[:20]!r}")
+    return value
+
+
+def voc_objects(path) -> tuple[tuple[int, int], list[tuple[str, tuple, bool]]]:
+    """One VOC XML file -> ((width, height), [(name, (xmin, ymin, xmax, ymax) 1-based
+    pixels, difficult)]), checked: positive size, a name and a numeric box per object,
+    ``difficult`` 0 or 1."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_ANNOTATION_BYTES:
+            raise AnnotationError(f"{path}: {path.stat().st_size} bytes, not an annotation")
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise AnnotationError(f"{path}: not a VOC annotation ({exc})") from None
+    size = root.find("size")
+    if size is None:
+        raise AnnotationError(f"{path}: not a VOC annotation (no <size>)")
+    width, height = (_number(size.find(k), path, f"size/{k}") for k in ("width", "height"))
+    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
+        raise AnnotationError(f"{path}: the picture size is {width:g} x {height:g}; expected "
+                              "positive whole numbers of pixels")
+    objects = []
+    for i, obj in enumerate(root.iter("object")):
+        name = _text(obj.find("name"), path, f"object {i}: <name>")
+        flag = obj.find("difficult")
+        difficult = False
+        if flag is not None and flag.text is not None:
+            if flag.text.strip() not in ("0", "1"):
+                raise AnnotationError(f"{path}: object {i} ({name}): difficult is "
+                                      f"{flag.text.strip()[:20]!r}; expected 0 or 1")
+            difficult = flag.text.strip() == "1"
+        box = obj.find("bndbox")
+        if box is None:
+            raise AnnotationError(f"{path}: object {i} ({name}) has no <bndbox>")
+        coords = tuple(_number(box.find(k), path, f"object {i} ({name}): bndbox/{k}")
+                       for k in ("xmin", "ymin", "xmax", "ymax"))
+        objects.append((name, coords, difficult))
+    return (int(width), int(height)), objects
+
+
+def _normalised(path, i, name, box, size, base: float) -> list[float]:
+    """A pixel box as normalised (x1, y1, x2, y2), checked to lie in the picture."""
+    W, H = size
+    x1, y1, x2, y2 = (box[0] - base) / W, (box[1] - base) / H, (box[2] - base) / W, \
+        (box[3] - base) / H
+    if not (x2 > x1 and y2 > y1):
+        raise AnnotationError(f"{path}: object {i} ({name}): the box {list(box)} is empty "
+                              "(max <= min)")
+    if min(x1, y1) < -COORD_TOLERANCE or max(x2, y2) > 1 + COORD_TOLERANCE:
+        raise AnnotationError(f"{path}: object {i} ({name}): the box {list(box)} lies "
+                              f"outside the {W} x {H} picture")
+    return [x1, y1, x2, y2]
 
 
 def parse_annotation(path, classes, keep_difficult: bool = False
                      ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """One VOC XML file -> (targets float32 [n, 5] normalised, difficult bool [n],
     (width, height)). Difficult objects are dropped unless ``keep_difficult``."""
-    try:
-        root = ET.parse(path).getroot()
-        width = int(root.find("size/width").text)
-        height = int(root.find("size/height").text)
-    except (ET.ParseError, AttributeError, TypeError, ValueError, OSError) as exc:
-        raise AnnotationError(f"{path}: not a VOC annotation ({exc})") from None
+    size, objects = voc_objects(path)
     rows, flags = [], []
-    for i, obj in enumerate(root.iter("object")):
-        difficult = obj.find("difficult")
-        is_difficult = difficult is not None and int(difficult.text) == 1
-        if is_difficult and not keep_difficult:
-            continue
-        name = obj.find("name").text.strip()
+    for i, (name, box, difficult) in enumerate(objects):
         if name not in classes:
             raise AnnotationError(f"{path}: object {i} has class {name!r}, not one of "
                                   f"the {len(classes)} classes")
-        box = obj.find("bndbox")
-        try:
-            # VOC pixels are 1-based; the seed subtracts 1 and divides by the size.
-            x1, y1, x2, y2 = (int(float(box.find(k).text)) - 1
-                              for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (AttributeError, TypeError, ValueError):
-            raise AnnotationError(f"{path}: object {i} has no valid bndbox") from None
-        rows.append([x1 / width, y1 / height, x2 / width, y2 / height,
-                     classes.index(name)])
-        flags.append(is_difficult)
+        # VOC pixels are 1-based; the seed subtracts 1 and divides by the size, after
+        # truncating to whole pixels.
+        pixels = tuple(float(int(v)) for v in box)
+        normalised = _normalised(path, i, name, pixels, size, base=1.0)
+        if difficult and not keep_difficult:
+            continue
+        rows.append(normalised + [classes.index(name)])
+        flags.append(difficult)
     return (np.array(rows, dtype=np.float32).reshape(-1, 5), np.array(flags, dtype=bool),
-            (width, height))
+            size)
+
+
+def _folder(root: Path, names) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"{root}: no {' or '.join(n + '/' for n in names)} folder; expected a "
+                    "VOC-layout data set (or a COCO .json file)")
+
+
+def _pictures_by_stem(folder: Path) -> dict[str, Path]:
+    suffixes = readable_suffixes()
+    found: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix.lower() in suffixes:
+            if f.stem in found:
+                raise DataError(f"{folder}: two pictures for one id: {found[f.stem].name} and "
+                                f"{f.name}")
+            found[f.stem] = f
+    return found
+
+
+def read_ids(root: Path, image_set: str) -> list[str] | None:
+    """The ids of ``image_set`` (comma-joined names of lists in ImageSets/Main), or None
+    for ``all``. Ids that would reach outside the data set are refused."""
+    if image_set == ALL:
+        return None
+    ids: list[str] = []
+    for name in image_set.split(","):
+        list_file = root / LISTS / f"{name.strip()}.txt"
+        if "/" in name or "\\" in name or not list_file.is_file():
+            have = sorted(p.stem for p in (root / LISTS).glob("*.txt"))
+            raise DataError(f"{list_file}: no such image set in {root} (it has "
+                            f"{', '.join(have) or 'no lists'}; `--image-set all` takes every "
+                            "annotated picture, `ssdonnx data split` writes lists)")
+        for n, line in enumerate(list_file.read_text().splitlines(), 1):
+            item = line.strip()
+            if item and ("/" in item or "\\" in item or item in (".", "..")
+                         or Path(item).is_absolute()):
+                raise DataError(f"{list_file}, line {n}: {item[:60]!r} is not an id (ids name "
+                                "files inside the data set, without folders)")
+            if item:
+                ids.append(item)
+    return ids
+
+
+def voc_classes(root) -> tuple[str, ...]:
+    """The class names used in a VOC folder's annotations, sorted."""
+    folder = _folder(Path(root), ANNOTATION_FOLDERS)
+    names = {name for xml in sorted(folder.glob("*.xml"))
+             for name, _, _ in voc_objects(xml)[1]}
+    return tuple(sorted(names))
+
+
+def read_voc(root, image_set: str, classes, keep_difficult: bool = False) -> list[Record]:
+    root = Path(root)
+    annotations = _folder(root, ANNOTATION_FOLDERS)
+    pictures = _pictures_by_stem(_folder(root, PICTURE_FOLDERS))
+    ids = read_ids(root, image_set)
+    if ids is None:
+        ids = sorted(p.stem for p in annotations.glob("*.xml"))
+    records = []
+    for image_id in ids:
+        xml = annotations / f"{image_id}.xml"
+        if not xml.is_file():
+            raise DataError(f"{xml}: no annotation for id {image_id!r} of image set "
+                            f"{image_set!r}")
+        if image_id not in pictures:
+            raise DataError(f"{root}: no picture for id {image_id!r} in "
+                            f"{pictures and next(iter(pictures.values())).parent or root}")
+        targets, difficult, size = parse_annotation(xml, classes, keep_difficult)
+        records.append(Record(image_id, pictures[image_id], targets, difficult, size,
+                              str(xml)))
+    return records
+
+
+# --- COCO ------------------------------------------------------------------------------
+
+def _coco_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise AnnotationError(f"{path}: not a COCO annotation file "
+                              f"({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
+                                             for k in ("images", "annotations", "categories")):
+        raise AnnotationError(f"{path}: not a COCO annotation file (it needs lists "
+                              "images, annotations and categories)")
+    return data
+
+
+def coco_classes(path) -> tuple[str, ...]:
+    """A COCO file's category names, in the order of their ids."""
+    data = _coco_json(Path(path))
+    try:
+        return tuple(str(c["name"]) for c in sorted(data["categories"], key=lambda c: c["id"]))
+    except (KeyError, TypeError) as exc:
+        raise AnnotationError(f"{path}: a category without id or name ({exc})") from None
+
+
+def coco_images_folder(path: Path, images=None) -> Path:
+    if images is not None:
+        return Path(images)
+    return path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+
+
+def read_coco(path, image_set: str, classes, images=None) -> list[Record]:
+    """The pictures of a COCO file (``image_set`` lists their file names, in ImageSets/Main
+    beside the file), boxes [x, y, w, h] in 0-based pixels; crowd regions are flagged
+    difficult (they count neither way in evaluation, as in COCO's own)."""
+    path = Path(path)
+    data = _coco_json(path)
+    folder = coco_images_folder(path, images)
+    try:
+        names = {c["id"]: str(c["name"]) for c in data["categories"]}
+        pictures = {im["id"]: (str(im["file_name"]), int(im["width"]), int(im["height"]))
+                    for im in data["images"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnnotationError(f"{path}: an image or category without id, file_name, width "
+                              f"or height ({exc})") from None
+    wanted = read_ids(path.parent, image_set)
+    by_name = {name: image_id for image_id, (name, _, _) in pictures.items()}
+    if wanted is not None:
+        missing = [w for w in wanted if w not in by_name]
+        if missing:
+            raise DataError(f"{path}: image set {image_set!r} names pictures it does not "
+                            f"hold: {missing[:3]}")
+        chosen = [by_name[w] for w in wanted]
+    else:
+        chosen = sorted(pictures, key=lambda i: pictures[i][0])
+    boxes: dict = {i: [] for i in chosen}
+    for n, ann in enumerate(data["annotations"]):
+        try:
+            image_id, cat, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
+            crowd = bool(ann.get("iscrowd", 0))
+            x, y, w, h = (float(v) for v in bbox)
+        except (KeyError, TypeError, ValueError):
+            raise AnnotationError(f"{path}: annotation {n} needs image_id, category_id and "
+                                  "bbox [x, y, w, h]") from None
+        if image_id not in pictures or cat not in names:
+            raise AnnotationError(f"{path}: annotation {n} names image {image_id!r} or "
+                                  f"category {cat!r}, which the file does not hold")
+        if image_id in boxes:
+            boxes[image_id].append((n, names[cat], (x, y, x + w, y + h), crowd))
+    records = []
+    for image_id in chosen:
+        file_name, W, H = pictures[image_id]
+        picture = folder / file_name
+        if Path(file_name).is_absolute() or \
+                not picture.resolve().is_relative_to(folder.resolve()):
+            raise DataError(f"{path}: image {image_id}: {file_name[:80]!r} reaches outside "
+                            f"{folder}")
+        if W <= 0 or H <= 0:
+            raise AnnotationError(f"{path}: image {image_id} ({file_name}) is {W} x {H}")
+        rows, flags = [], []
+        for n, name, box, crowd in boxes[image_id]:
+            if name not in classes:
+                raise AnnotationError(f"{path}: annotation {n} has class {name!r}, not one "
+                                      f"of the {len(classes)} classes")
+            rows.append(_normalised(f"{path}: annotation {n}", n, name, box, (W, H), 0.0)
+                        + [classes.index(name)])
+            flags.append(crowd)
+        if not picture.is_file():
+            raise DataError(f"{path}: image {image_id}: no picture {picture}")
+        records.append(Record(file_name, picture,
+                              np.array(rows, dtype=np.float32).reshape(-1, 5),
+                              np.array(flags, dtype=bool), (W, H),
+                              f"{path} (image {image_id})"))
+    return records
+
+
+# --- one form for both -----------------------------------------------------------------
+
+def is_coco(data) -> bool:
+    return Path(data).suffix.lower() == ".json"
+
+
+def dataset_classes(data) -> tuple[str, ...]:
+    """The class names a data set uses: a COCO file's categories in id order, or the
+    names in a VOC folder's annotations, sorted."""
+    return coco_classes(data) if is_coco(data) else voc_classes(data)
+
+
+def read_records(data, image_set: str, classes, keep_difficult: bool = False,
+                 images=None) -> list[Record]:
+    """Every annotated picture of ``image_set`` in ``data`` (a VOC folder or a COCO
+    file), checked; an empty set is refused."""
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: no such data set")
+    if is_coco(data):
+        records = read_coco(data, image_set, tuple(classes), images)
+    else:
+        records = read_voc(data, image_set, tuple(classes), keep_difficult)
+    if not records:
+        raise DataError(f"{data}: image set {image_set!r} holds no pictures")
+    return records
 
 
 class VOCDataset(torch.utils.data.Dataset):
-    """Pascal VOC images and annotations: item -> (image [3, S, S], targets [n, 5]).
+    """Annotated pictures (a VOC folder or a COCO file, see the module docstring):
+    item -> (image [3, S, S], targets [n, 5]).
 
-    ``augment``, if given (``ssdonnx.training.augment.SSDAugmentation``, say), is called as
-    ``augment(rgb_array, targets, rng) -> (array, targets)`` on the HWC image and the
+    ``augment``, if given (``ssdonnx.training.augment.SSDAugmentation``, say), is called
+    as ``augment(rgb_array, targets, rng) -> (array, targets)`` on the HWC image and the
     normalised targets before pre-processing. ``rng`` is a NumPy generator seeded by
     (``seed``, epoch, index): every image draws differently in every epoch, the same run
     draws the same whatever the number of DataLoader workers, and a resumed run goes on
@@ -76,24 +366,21 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, image_set: str = "trainval", classes=VOC_CLASSES,
                  size: int = 300, keep_difficult: bool = False, augment=None,
-                 seed: int = 0):
+                 seed: int = 0, images=None):
+        if seed < 0:
+            raise InputError(f"seed: expected a non-negative integer, got {seed}")
         self.root = Path(root)
         self.classes = tuple(classes)
         self.size = size
         self.keep_difficult = keep_difficult
         self.augment = augment
-        if seed < 0:
-            raise InputError(f"seed: expected a non-negative integer, got {seed}")
         self.seed = seed
         self.epoch = 0
-        list_file = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
-        if not list_file.is_file():
-            raise FileNotFoundError(f"{list_file}: no such image set in {self.root}")
-        self.ids = [line.strip() for line in list_file.read_text().splitlines()
-                    if line.strip()]
+        self.records = read_records(root, image_set, self.classes, keep_difficult, images)
+        self.ids = [r.id for r in self.records]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.records)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -103,16 +390,23 @@ class VOCDataset(torch.utils.data.Dataset):
         return np.random.default_rng((self.seed, self.epoch, index))
 
     def annotation(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
-        return parse_annotation(self.root / "Annotations" / f"{self.ids[index]}.xml",
-                                self.classes, self.keep_difficult)
+        r = self.records[index]
+        return r.targets, r.difficult, r.size
 
     def image(self, index: int) -> np.ndarray:
-        """The RGB picture, HWC uint8, as stored."""
-        return picture_array(self.root / "JPEGImages" / f"{self.ids[index]}.jpg")
+        """The RGB picture, HWC uint8, EXIF orientation applied; refused when its size
+        is not the one its annotation is for."""
+        r = self.records[index]
+        array = picture_array(r.picture)
+        if (array.shape[1], array.shape[0]) != r.size:
+            raise AnnotationError(f"{r.source}: the annotation is for a {r.size[0]} x "
+                                  f"{r.size[1]} picture, but {r.picture} is {array.shape[1]} "
+                                  f"x {array.shape[0]} (EXIF orientation applied)")
+        return array
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.image(index)
-        targets, _, _ = self.annotation(index)
+        targets = self.records[index].targets
         if self.augment is not None:
             image, targets = self.augment(image, targets, self.rng(index))
         return preprocess(image, self.size), torch.from_numpy(targets)
