@@ -105,7 +105,7 @@ def read_picture(path):
         with Image.open(path) as image:
             w, h = image.size
             if w * h > MAX_PICTURE_PIXELS:
-                raise DataError(f"{path}: {w} x {h} pixels is more than ssdonnx reads "
+                raise DataError(f"{path}: {w} x {h} pixels, more than ssdonnx reads "
                                 f"({MAX_PICTURE_PIXELS:,}); a decompression bomb, or a "
                                 "picture to scale down first")
             if w == 0 or h == 0:
@@ -118,8 +118,10 @@ def read_picture(path):
             return to_rgb(image)
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
-            EOFError) as exc:
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: more pixels than ssdonnx reads ({MAX_PICTURE_PIXELS:,}); a "
+                        "decompression bomb, or a picture to scale down first") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: not a readable picture ({first})") from None
 

@@ -41,6 +41,9 @@ def data_shapes(out, n_train, n_val, seed, object_size, force):
 @click.option("--config", required=True, help="Preset name or JSON config.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False, exists=True),
               required=True, help="VOC-layout folder (ImageSets/Main/train.txt).")
+@click.option("--image-set", default="train", show_default=True,
+              help="Image set(s) to train on: a list name, names joined by commas "
+                   "(train,val), or all.")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--force", is_flag=True, help="Start a new run in a folder that holds one "
               "(its checkpoints are replaced).")
@@ -68,8 +71,8 @@ def data_shapes(out, n_train, n_val, seed, object_size, force):
                    "the CPU.")
 @click.option("--workers", type=click.IntRange(min=0, max=256), default=0, show_default=True,
               help="DataLoader worker processes per training process.")
-def train(config, data_root, out, force, epochs, batch, lr, schedule, weights, resume, seed,
-          augment, amp, workers):
+def train(config, data_root, image_set, out, force, epochs, batch, lr, schedule, weights,
+          resume, seed, augment, amp, workers):
     """Train an SSD with MultiBoxLoss (also under torchrun, with DDP)."""
     from ..config import get_config
     from ..training.train import train as run
@@ -91,7 +94,8 @@ def train(config, data_root, out, force, epochs, batch, lr, schedule, weights, r
 
     try:
         run(cfg, data_root, out, epochs, batch, lr, weights, resume, seed, workers=workers,
-            schedule=schedule, augment=augment, amp=amp, force=force, log=log,
+            schedule=schedule, augment=augment, amp=amp, force=force, image_set=image_set,
+            log=log,
             progress=progress)
     finally:
         for bar in bars.values():

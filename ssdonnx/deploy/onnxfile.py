@@ -79,7 +79,7 @@ def set_metadata(proto, metadata: dict[str, str]) -> None:
     proto.metadata_props.extend(kept)
     for key, value in metadata.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    if "ssdonnx.kind" in metadata:
+    if "ssdonnx.kind" in metadata and "ssdonnx.config" in metadata:
         proto.doc_string = (f"ssdonnx {__version__} {metadata['ssdonnx.kind']} for "
                             f"{json.loads(metadata['ssdonnx.config'])['name']}")
 

@@ -92,7 +92,8 @@ def save_checkpoint(obj, path: Path) -> None:
 def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3,
           weights=None, resume=None, seed: int | None = None, classes=None,
           workers: int = 0, schedule: str = "constant", augment: str | None = None,
-          amp: bool = False, force: bool = False, log=print, progress=None) -> list[dict]:
+          amp: bool = False, force: bool = False, image_set: str = "train",
+          log=print, progress=None) -> list[dict]:
     """Train an SSD on a VOC-layout folder; returns per-epoch mean losses.
 
     Writes ``<out>/<config>-epoch<N>.pth`` (a plain state_dict, the seed's format) and
@@ -139,7 +140,7 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
         device = torch.device("cpu")
     torch.manual_seed(seed)
     classes = classes or cfg.class_names
-    dataset = VOCDataset(data, "train", classes, size=cfg.input_size, seed=seed,
+    dataset = VOCDataset(data, image_set, classes, size=cfg.input_size, seed=seed,
                          augment=AUGMENTATIONS[augment]() if augment != "none" else None)
     loader, sampler = make_loader(dataset, batch, seed, world, rank, workers)
     net = SSD(cfg)
