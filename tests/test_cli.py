@@ -65,6 +65,7 @@ def test_parity_rows_report_the_error_against_its_bound():
     assert "FAIL (1/2 differ)" in table
 
 
+@pytest.mark.slow
 @pytest.mark.parity
 def test_verify_fails_with_exit_1_when_the_graph_differs(exported, tmp_path):
     model = onnx.load(str(exported["model"]))
@@ -348,6 +349,7 @@ def run_and_interrupt(args, after, cwd):
     return proc.returncode, out.decode(), seen.decode() + (err or b"").decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["importing", "exporting"])
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, when):
     out = tmp_path / "loss.onnx"

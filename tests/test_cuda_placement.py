@@ -16,9 +16,9 @@ from conftest import invoke
 from ssdonnx.devtools.placement import (CPU, CUDA, _is_shape_work, format_simulated,
                                parse_partitioner_log, simulate_cuda_placement)
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (shutil.which("gcc") and shutil.which("readelf")),
-    reason="the stand-in CUDA libraries are built with gcc and readelf (binutils)")
+    reason="the stand-in CUDA libraries are built with gcc and readelf (binutils)")]
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import ssdonnx
 from ddp_step import batch
 from helpers import dbox
 
+pytestmark = pytest.mark.slow
+
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
 
 

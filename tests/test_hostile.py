@@ -167,6 +167,7 @@ def test_nan_and_absurd_options(shapes_detector, tiny, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+@pytest.mark.slow
 def test_checkpoints_that_are_not_what_they_say(tiny, tmp_path):
     state = torch.load(SHIPPED / "weights.pth", weights_only=True)
     state["conf.0.weight"][0, 0, 0, 0] = float("nan")

@@ -43,6 +43,7 @@ def signature(path):
     return values(graph.input), values(graph.output)
 
 
+@pytest.mark.slow
 def test_int8_detector_has_the_float32_layout(int8, shapes_detector):
     path, output = int8
     assert signature(path) == signature(shapes_detector)
@@ -54,6 +55,7 @@ def test_int8_detector_has_the_float32_layout(int8, shapes_detector):
     assert path.stat().st_size < shapes_detector.stat().st_size / 2
 
 
+@pytest.mark.slow
 def test_int8_metadata_says_how_it_was_made(int8, calibration):
     path, _ = int8
     info = read_info(path, "detector")
@@ -69,6 +71,7 @@ def test_int8_metadata_says_how_it_was_made(int8, calibration):
     assert "for CPUExecutionProvider" in shown
 
 
+@pytest.mark.slow
 def test_verify_and_evaluate_take_the_int8_detector(int8, tmp_path):
     from ssdonnx.training.shapes import write_shapes
 

@@ -64,6 +64,7 @@ def shipped_graphs(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["model", "detector", "loss"])
 def test_reference_implementation_agrees_with_pytorch(shipped_graphs, kind):
     weights = SHIPPED / "weights.pth" if kind != "loss" else None
@@ -80,6 +81,7 @@ def test_reference_implementation_runs_the_ssd300_loss(exported):
     assert result.passed, result.report()
 
 
+@pytest.mark.slow
 def test_verify_command_takes_the_reference_runtime(shipped_graphs):
     result = invoke("verify", shipped_graphs / "loss.onnx", "--runtime", "reference",
                     "--batch", "1")

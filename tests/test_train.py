@@ -47,6 +47,7 @@ def loss_on(root, weights=None) -> float:
     return float(loss_l + loss_c)
 
 
+@pytest.mark.slow
 def test_short_training_run_halves_the_loss(tiny, tmp_path):
     history = train("ssd-shapes", tiny, tmp_path, epochs=16, batch=8, lr=3e-3,
                     schedule="cosine", log=lambda m: None)
@@ -141,6 +142,7 @@ def test_train_and_evaluate_cli(tiny, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and
                     not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
@@ -162,6 +164,7 @@ def shipped_val(tmp_path_factory):
     return write_shapes(tmp_path_factory.mktemp("val") / "val", 0, 100, seed=1000)
 
 
+@pytest.mark.slow
 def test_shipped_weights_reach_the_map_target_in_pytorch_and_onnxruntime(
         shipped_val, shapes_detector):
     import json
@@ -176,6 +179,7 @@ def test_shipped_weights_reach_the_map_target_in_pytorch_and_onnxruntime(
     assert abs(e["map07"] - o["map07"]) <= 1e-3 and abs(e["map"] - o["map"]) <= 1e-3
 
 
+@pytest.mark.slow
 def test_shipped_weights_find_small_objects(tmp_path):
     # The held-out set with small objects of models/ssd-shapes/README.md (seed 1001): the
     # SSD paper's zoom-out trained the shipped model for them (the simple augmentation
