@@ -31,7 +31,8 @@ _EXPORTS = {
     # the core
     "SSDConfig": "config", "get_config": "config", "preset_names": "config",
     "default_boxes": "priors", "match": "matching", "pad_targets": "matching",
-    "MultiBoxLoss": "loss", "SSD": "model", "load_weights": "model",
+    "MultiBoxLoss": "loss", "SSD": "model", "build_model": "networks", "load_weights": "model",
+    "load_matching": "model",
     "DetectionHead": "postprocess", "SSDDetector": "postprocess", "detect": "postprocess",
     "preprocess": "transforms", "read_picture": "pictures",
     # deployment

@@ -24,6 +24,14 @@ MAX_CHANNELS = 8192
 MAX_PRIORS = 500_000
 MAX_NAME_CHARS = 200
 
+# The network designs: the seed's VGG16 SSD (ssd.pytorch's layout and state_dict names),
+# and the three of qfgaohao/pytorch-ssd (also jetson-inference's), under their --net
+# names and with their state_dict names (ssdonnx.mobilenet).
+NETWORKS = ("seed-vgg16", "vgg16-ssd", "mb1-ssd", "mb2-ssd-lite")
+# The seed's pixel mean: it subtracts the BGR mean (104, 117, 123) and then reorders the
+# channels, so the network sees R - 123, G - 117, B - 104 (ssdonnx.transforms).
+SEED_MEAN_RGB = (123.0, 117.0, 104.0)
+
 
 @dataclass(frozen=True)
 class SSDConfig:
@@ -57,6 +65,12 @@ class SSDConfig:
     batch_norm: bool = False
     # Optional class names for indices 1..C-1 (background excluded).
     class_names: tuple[str, ...] = ()
+    # The network design, one of NETWORKS.
+    network: str = "seed-vgg16"
+    # Pre-processing: the RGB picture, resized, minus pixel_mean, divided by pixel_std
+    # (the seed: minus (123, 117, 104); pytorch-ssd's MobileNets: (x - 127) / 128).
+    pixel_mean: tuple[float, float, float] = SEED_MEAN_RGB
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self):
         self._check_bounds()
@@ -70,7 +84,7 @@ class SSDConfig:
         if n != 2 + len(self.extras):
             raise ConfigError(
                 f"config {self.name!r}: {n} feature maps need {n - 2} extras blocks "
-                f"(conv4_3 and conv7 are the first two sources), got {len(self.extras)}"
+                f"(the base network gives the first two sources), got {len(self.extras)}"
             )
         if self.num_classes < 2:
             raise ConfigError(f"config {self.name!r}: num_classes must be >= 2 (background + 1)")
@@ -81,7 +95,7 @@ class SSDConfig:
             )
         if not self.width > 0:
             raise ConfigError(f"config {self.name!r}: width must be > 0, got {self.width}")
-        computed = source_map_sizes(self.input_size, self.extras)
+        computed = source_map_sizes(self.input_size, self.extras, self.network)
         if tuple(computed) != tuple(self.feature_maps):
             raise ConfigError(
                 f"config {self.name!r}: feature_maps {list(self.feature_maps)} do not match "
@@ -100,6 +114,14 @@ class SSDConfig:
 
         if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_NAME_CHARS:
             fail(f"name must be a string of 1 to {MAX_NAME_CHARS} characters")
+        if self.network not in NETWORKS:
+            fail(f"network must be one of {', '.join(NETWORKS)}, got {str(self.network)[:40]!r}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            fail("pixel_mean and pixel_std hold three numbers (R, G, B)")
+        positive(self.pixel_std, "pixel_std")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+               for v in self.pixel_mean):
+            fail("pixel_mean must be three finite numbers")
         for field, top in (("input_size", MAX_INPUT_SIZE), ("num_classes", MAX_CLASSES)):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
@@ -166,7 +188,7 @@ class SSDConfig:
         try:
             kwargs = dict(data)
             for key in ("feature_maps", "steps", "min_sizes", "max_sizes", "variances",
-                        "class_names", "aspect_ratios", "extras"):
+                        "class_names", "aspect_ratios", "extras", "pixel_mean", "pixel_std"):
                 if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
                     raise ConfigError(f"{source}: {key} must be a list")
                 if key in kwargs:
@@ -183,19 +205,117 @@ class SSDConfig:
             raise ConfigError(f"{source}: malformed config: {exc}") from None
 
 
-def source_map_sizes(input_size: int, extras) -> list[int]:
+def source_map_sizes(input_size: int, extras, network: str = "seed-vgg16") -> list[int]:
     """Spatial sides of the source maps that the SSD network produces."""
     s = input_size
-    s = s // 2             # pool1
-    s = s // 2             # pool2
-    s = math.ceil(s / 2)   # pool3, ceil_mode as in the seed (75 -> 38)
-    sizes = [s]            # conv4_3
-    s = s // 2             # pool4; pool5 (3x3, stride 1, pad 1) and conv6/7 keep the size
-    sizes.append(s)        # conv7
+    if network in ("seed-vgg16", "vgg16-ssd"):
+        s = s // 2             # pool1
+        s = s // 2             # pool2
+        s = math.ceil(s / 2)   # pool3, ceil_mode as in the seed (75 -> 38)
+        sizes = [s]            # conv4_3
+        s = s // 2             # pool4; pool5 (3x3, stride 1, pad 1) and conv6/7 keep it
+    else:
+        # MobileNets: 3x3 convolutions of stride 2 and padding 1 halve a side rounding
+        # up; four of them before the first source (19 at 300), one more for the second.
+        for _ in range(4):
+            s = math.ceil(s / 2)
+        sizes = [s]
+        s = math.ceil(s / 2)
+    sizes.append(s)            # the base network's last map
     for _mid, _out, kernel, stride, padding in extras:
         s = (s + 2 * padding - kernel) // stride + 1
         sizes.append(s)
     return sizes
+
+
+# The SSD paper's default box scales (sec. 2.2) as its authors' Caffe scripts
+# (ssd_pascal.py) compute them: the first source map at 0.1 of the input (0.2 for its
+# larger box), the others evenly from 0.2 to 0.9 in whole percent steps. For SSD300 these
+# are the seed's sizes (30, 60, 111, 162, 213, 264; max 60, 111, ..., 315).
+PAPER_MIN_RATIO, PAPER_MAX_RATIO = 20, 90
+PAPER_FIRST = (10, 20)
+
+
+def paper_box_sizes(input_size: int, maps: int) -> tuple[list[float], list[float]]:
+    """(min_sizes, max_sizes) in pixels for ``maps`` source maps at ``input_size``."""
+    if maps < 3:
+        raise ConfigError(f"the SSD paper's scales need at least 3 source maps, got {maps}")
+    step = (PAPER_MAX_RATIO - PAPER_MIN_RATIO) // (maps - 2)
+    ratios = [PAPER_MIN_RATIO + step * k for k in range(maps - 1)]
+    min_sizes = [input_size * PAPER_FIRST[0] / 100] + [input_size * r / 100 for r in ratios]
+    max_sizes = [input_size * PAPER_FIRST[1] / 100] + [input_size * (r + step) / 100
+                                                       for r in ratios]
+    return min_sizes, max_sizes
+
+
+def with_input_size(cfg: SSDConfig, input_size: int, name: str | None = None) -> SSDConfig:
+    """``cfg`` for another input side: the source maps the network then produces, their
+    steps (input_size / side, so the centres tile the picture evenly) and the SSD
+    paper's box sizes (``paper_box_sizes``); the aspect ratios and the rest are kept."""
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or \
+            not 32 <= input_size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"input size: expected a whole number from 32 to {MAX_INPUT_SIZE}, "
+                          f"got {input_size!r}")
+    sizes = source_map_sizes(input_size, cfg.extras, cfg.network)
+    if min(sizes) < 1:
+        smallest = next(s for s in range(32, MAX_INPUT_SIZE + 1)
+                        if min(source_map_sizes(s, cfg.extras, cfg.network)) >= 1)
+        raise ConfigError(f"input size {input_size} is too small for {cfg.name}'s network: "
+                          f"its source maps would be {sizes}; the smallest it takes is "
+                          f"{smallest}")
+    min_sizes, max_sizes = paper_box_sizes(input_size, len(sizes))
+    return dataclasses.replace(
+        cfg, name=name or f"{cfg.name}-{input_size}", input_size=input_size,
+        feature_maps=tuple(sizes), steps=tuple(input_size / f for f in sizes),
+        min_sizes=tuple(min_sizes), max_sizes=tuple(max_sizes))
+
+
+def with_classes(cfg: SSDConfig, class_names, name: str | None = None) -> SSDConfig:
+    """``cfg`` for other classes (background not among them): num_classes follows."""
+    names = tuple(str(n).strip() for n in class_names)
+    if not names or any(not n for n in names):
+        raise ConfigError("classes: expected one or more non-empty names")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"classes: a name appears twice in {list(names)[:10]}")
+    if names[0].upper() == "BACKGROUND":
+        raise ConfigError("classes: name the object classes only; background is class 0 "
+                          "already (a labels.txt that starts with BACKGROUND is read by "
+                          "read_class_names)")
+    return dataclasses.replace(cfg, name=name or cfg.name, num_classes=len(names) + 1,
+                               class_names=names)
+
+
+def read_class_names(spec) -> tuple[str, ...]:
+    """Class names from ``cat,dog`` or a text file of one name per line (pytorch-ssd's
+    labels.txt, whose first line BACKGROUND is skipped)."""
+    path = Path(str(spec))
+    if path.is_file():
+        try:
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"classes file {path}: cannot read it ({exc})") from None
+        if lines and lines[0].upper() == "BACKGROUND":
+            lines = lines[1:]
+        return tuple(lines)
+    if str(spec).endswith(".txt"):
+        raise ConfigError(f"classes file {spec}: no such file")
+    return tuple(n.strip() for n in str(spec).split(",") if n.strip())
+
+
+def describe_priors(cfg: SSDConfig) -> str:
+    """The default boxes of ``cfg`` as a table: per source map its side, step, sizes,
+    aspect ratios and number of boxes."""
+    rows = [("map", "side", "step", "min size", "max size", "aspect ratios", "boxes")]
+    for k, (f, step, lo, hi, ars, n) in enumerate(zip(
+            cfg.feature_maps, cfg.steps, cfg.min_sizes, cfg.max_sizes, cfg.aspect_ratios,
+            cfg.boxes_per_location)):
+        rows.append((str(k), f"{f} x {f}", f"{step:g}", f"{lo:g}", f"{hi:g}",
+                     ", ".join(f"{a:g}" for a in ars) or "-", str(f * f * n)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append(f"{cfg.num_priors} default boxes for a {cfg.input_size} x {cfg.input_size} "
+                 f"input ({cfg.name})")
+    return "\n".join(lines)
 
 
 def preset_names() -> list[str]:

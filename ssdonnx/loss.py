@@ -147,13 +147,23 @@ def multibox_loss(loc: Tensor, conf: Tensor, dbox: Tensor, targets: Tensor,
                   variances: tuple[float, float] = (0.1, 0.2), normalize: str = "batch"
                   ) -> tuple[Tensor, Tensor]:
     """The loss on validated float tensors; see ``MultiBoxLoss``. Fixed shapes throughout."""
-    P, C = loc.shape[1], conf.shape[2]
+    C = conf.shape[2]
     # Inside an exported graph nothing can be rejected: a label outside 0..C-2 makes its
     # row padding (README, "Input contract"); validated eager inputs never have one.
     labels = targets[..., 4]
     labels = torch.where((labels >= 0) & (labels < C - 1), labels, -1.0)
     loc_t, conf_t = match(targets[..., :4], labels, dbox, jaccard_thresh, variances,
                           validate=False)
+    return matched_loss(loc, conf, loc_t, conf_t, neg_pos, normalize)
+
+
+def matched_loss(loc: Tensor, conf: Tensor, loc_t: Tensor, conf_t: Tensor, neg_pos: int = 3,
+                 normalize: str = "batch") -> tuple[Tensor, Tensor]:
+    """The loss on matched targets: loc [B, P, 4], conf [B, P, C] logits, loc_t [B, P, 4]
+    encoded offsets, conf_t int64 [B, P] (0 background), as ``match`` gives them (and as
+    pytorch-ssd's MatchPrior does per image). Smooth L1 over positives, cross-entropy over
+    positives and each image's ``neg_pos`` x positives hardest negatives, both over N."""
+    P = loc.shape[1]
     pos = conf_t > 0                                                          # [B, P]
     num_pos = pos.sum(1)                                                      # [B]
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,6 +97,9 @@ class SSD(nn.Module):
     ``conf``), so its checkpoints load with ``strict=True``. No post-processing here.
     """
 
+    # Where a base-only checkpoint (ImageNet weights) goes.
+    base_name = "vgg"
+
     def __init__(self, cfg: SSDConfig, validate: bool = True):
         super().__init__()
         self.cfg = cfg
@@ -139,13 +145,13 @@ class SSD(nn.Module):
             if i % 2 == 1:
                 sources.append(x)
         # [B, A*4, f, f] -> [B, f, f, A*4] -> [B, f*f*A, 4]: the DBox order.
-        loc = torch.cat([_per_box(head(s), 4) for head, s in zip(self.loc, sources)], 1)
-        conf = torch.cat([_per_box(head(s), self.num_classes)
+        loc = torch.cat([per_box(head(s), 4) for head, s in zip(self.loc, sources)], 1)
+        conf = torch.cat([per_box(head(s), self.num_classes)
                           for head, s in zip(self.conf, sources)], 1)
         return loc, conf                                                  # [B, P, 4], [B, P, C]
 
 
-def _per_box(x: Tensor, values: int) -> Tensor:
+def per_box(x: Tensor, values: int) -> Tensor:
     """A head's output [B, A * values, f, f] -> [B, f * f * A, values]: the DBox order.
     Sizes from the shape, not -1, so that an empty batch (B = 0) reshapes too."""
     B, channels, h, w = x.shape
@@ -209,13 +215,91 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights(model: SSD, path: str | Path) -> SSD:
+def checkpoint_config(path: str | Path):
+    """The config a checkpoint written by ``ssdonnx train`` carries, or None for a plain
+    state_dict (the seed's format, pytorch-ssd's)."""
+    from .config import SSDConfig
+
+    obj = read_checkpoint_object(path)
+    if isinstance(obj, dict) and isinstance(obj.get("config"), str):
+        try:
+            return SSDConfig.from_dict(json.loads(obj["config"]), source=f"checkpoint {path}")
+        except (json.JSONDecodeError, RecursionError):
+            raise CheckpointError(f"checkpoint {str(path)!r}: its config is not JSON") from None
+    return None
+
+
+def head_classes(state: dict, cfg: SSDConfig) -> int | None:
+    """The class count a state_dict's first classification head is made for (its output
+    channels over the boxes per cell), or None where it has no such head."""
+    for key in ("conf.0.weight", "classification_headers.0.weight",
+                "classification_headers.0.3.weight"):
+        if key in state and state[key].dim() == 4:
+            out = state[key].shape[0]
+            per_cell = cfg.boxes_per_location[0]
+            return out // per_cell if out % per_cell == 0 else None
+    return None
+
+
+def config_for(config=None, weights=None, labels=None) -> SSDConfig:
+    """The config to build a network for: the one a checkpoint of ``ssdonnx train``
+    carries (``config``, if given, must agree), else ``config`` (default ``ssd300-voc``)
+    with the class count of the checkpoint's heads (pytorch-ssd's and other plain
+    state_dicts: their class count is in their shapes). ``labels``: class names, a file
+    of one per line (pytorch-ssd's labels.txt, BACKGROUND first) or ``cat,dog``; their
+    number must fit."""
+    from .config import get_config, read_class_names, with_classes
+
+    carried = checkpoint_config(weights) if weights is not None else None
+    if carried is not None:
+        if config is not None:
+            given = get_config(config)
+            if dataclasses.replace(given, name=carried.name, class_names=carried.class_names) \
+                    != carried:
+                raise CheckpointError(f"checkpoint {str(weights)!r} was trained as "
+                                      f"{carried.name} ({carried.network}, "
+                                      f"{carried.num_classes} classes); --config {given.name} "
+                                      "describes another network: leave --config out")
+        cfg = carried
+    else:
+        cfg = get_config(config if config is not None else "ssd300-voc")
+        if weights is not None:
+            classes = head_classes(read_checkpoint(weights), cfg)
+            if classes is not None and classes != cfg.num_classes:
+                names = [f"class {i}" for i in range(1, classes)] if classes > 1 else []
+                cfg = with_classes(cfg, names, name=cfg.name)
+    if labels is not None:
+        names = read_class_names(labels) if not isinstance(labels, (list, tuple)) else labels
+        if len(names) != cfg.num_classes - 1:
+            raise CheckpointError(
+                f"labels {labels}: {len(names)} class names (background not counted), but "
+                f"the network has {cfg.num_classes - 1} classes besides background"
+                + (f" (read from {weights})" if weights is not None else ""))
+        cfg = with_classes(cfg, names, name=cfg.name)
+    return cfg
+
+
+def _base_only(state: dict) -> bool:
+    """A base network alone, as ImageNet weights come (``vgg16_reducedfc.pth`` of the
+    seed's code base: keys ``0.weight`` ... ``33.bias``)."""
+    return all(k.split(".")[0].isdigit() for k in state)
+
+
+def _check_finite(state: dict, path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: NaN or inf in "
+                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a checkpoint into ``model`` strictly; a base-only file (such as
-    ``vgg16_reducedfc.pth``, keys ``0.weight`` ... ``33.bias``) goes into ``model.vgg``."""
+    ``vgg16_reducedfc.pth``, keys ``0.weight`` ... ``33.bias``) goes into the base
+    network (``model.vgg``; ``model.base_net`` for pytorch-ssd's designs)."""
     state = read_checkpoint(path)
     target: nn.Module = model
-    if all(k.split(".")[0].isdigit() for k in state):
-        target = model.vgg
+    if _base_only(state):
+        target = getattr(model, model.base_name)
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -232,9 +316,52 @@ def load_weights(model: SSD, path: str | Path) -> SSD:
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model.cfg.name} "
                               f"({model.cfg.num_classes} classes): " + "; ".join(parts))
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: NaN or inf in "
-                              f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    _check_finite(state, path)
     target.load_state_dict(state, strict=True)
     return model
+
+
+@dataclass
+class LoadReport:
+    """What ``load_matching`` took from a checkpoint: tensors loaded, tensors of the model
+    left as initialised (absent, or of another shape), and checkpoint tensors unused."""
+    path: Path
+    loaded: list[str]
+    initialised: list[str]
+    ignored: list[str]
+
+    def summary(self) -> str:
+        def modules(keys):
+            names = sorted({k.rsplit(".", 1)[0] for k in keys})
+            return ", ".join(names[:8]) + (f", ... ({len(names)} modules)" if len(names) > 8
+                                           else "")
+        lines = [f"from {self.path}: loaded {len(self.loaded)} tensors"]
+        if self.initialised:
+            lines.append(f"  initialised {len(self.initialised)} (not in the checkpoint, or "
+                         f"of another shape): {modules(self.initialised)}")
+        if self.ignored:
+            lines.append(f"  ignored {len(self.ignored)} of the checkpoint's: "
+                         f"{modules(self.ignored)}")
+        return "\n".join(lines)
+
+
+def load_matching(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load every tensor of a checkpoint that fits ``model`` (same name and shape) and
+    leave the rest as initialised: to fine-tune from weights for other classes (the
+    class heads differ), or to start from a base network alone (ImageNet weights such as
+    ``vgg16_reducedfc.pth``). Raises CheckpointError when nothing fits."""
+    state = read_checkpoint(path)
+    _check_finite(state, path)
+    prefix = ""
+    if _base_only(state):
+        prefix = f"{model.base_name}."
+        state = {prefix + k: v for k, v in state.items()}
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.endswith(("weight", "bias")) for k in fits):
+        raise CheckpointError(f"checkpoint {str(path)!r}: none of its tensors fit "
+                              f"{model.cfg.name} ({model.cfg.network}); is it for another "
+                              "network?")
+    model.load_state_dict(fits, strict=False)
+    return LoadReport(Path(path), sorted(fits), sorted(set(own) - set(fits)),
+                      sorted(k.removeprefix(prefix) for k in set(state) - set(fits)))

@@ -134,12 +134,12 @@ def picture_array(path) -> np.ndarray:
 def load_batch(files, cfg) -> np.ndarray:
     """Pictures pre-processed for the network of ``cfg``: float32 [N, 3, S, S]. Raises
     DataError naming every picture that cannot be read."""
-    from .transforms import preprocess
+    from .transforms import preprocess_for
 
     arrays, failed = [], []
     for f in files:
         try:
-            arrays.append(preprocess(read_picture(f), cfg.input_size).numpy())
+            arrays.append(preprocess_for(read_picture(f), cfg).numpy())
         except DataError as exc:
             failed.append(str(exc))
     if failed:

@@ -26,12 +26,14 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
+def preprocess(image, size: int | None = 300, bgr: bool = False,
+               mean=MEAN_BGR[::-1], std=(1.0, 1.0, 1.0)) -> Tensor:
     """An image -> Tensor[3, size, size] float32, as the seed feeds its network.
 
     The seed reads BGR images (OpenCV), resizes them bilinearly to the input size,
     subtracts the BGR mean (104, 117, 123) and then reorders the channels with
-    ``[:, :, (2, 1, 0)]``; so the network sees R-123, G-117, B-104. This does the same.
+    ``[:, :, (2, 1, 0)]``; so the network sees R-123, G-117, B-104. This does the same;
+    ``mean`` and ``std`` (RGB) are other networks' (``preprocess_for``).
 
     image: a PIL image (any mode; converted to RGB, transparency on white) or a NumPy
     array HWC (or HW for grey) of uint8 or float values in 0..255, RGB unless ``bgr=True``
@@ -56,11 +58,18 @@ def preprocess(image, size: int | None = 300, bgr: bool = False) -> Tensor:
         array = np.asarray(to_rgb(image))
     else:
         raise InputTypeError(f"image: expected a PIL image or a NumPy array, got "
-                        f"{type(image).__name__}")
+                             f"{type(image).__name__}")
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     if size is not None and tuple(x.shape[1:]) != (size, size):
         # Bilinear with half-pixel centres and no antialiasing: OpenCV's INTER_LINEAR.
         x = F.interpolate(x[None], size=(size, size), mode="bilinear",
                           align_corners=False, antialias=False)[0]
-    mean_rgb = torch.tensor(MEAN_BGR[::-1]).view(3, 1, 1)
-    return x - mean_rgb
+    x = x - torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    if tuple(std) != (1.0, 1.0, 1.0):
+        x = x / torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return x
+
+
+def preprocess_for(image, cfg) -> Tensor:
+    """``preprocess`` with the input size, pixel mean and std of ``cfg``."""
+    return preprocess(image, cfg.input_size, mean=cfg.pixel_mean, std=cfg.pixel_std)

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import shutil
@@ -11,6 +12,7 @@ import torch
 import ssdonnx
 from conftest import invoke
 from ssdonnx.training.augment import SSDAugmentation
+from ssdonnx.model import read_checkpoint
 from ssdonnx.training.data import VOCDataset, collate
 from ssdonnx.loss import MultiBoxLoss
 from ssdonnx.training.shapes import SHAPE_CLASSES, write_shapes
@@ -40,7 +42,7 @@ def loss_on(root, weights=None) -> float:
     torch.manual_seed(0)
     net = ssdonnx.SSD(cfg)
     if weights is not None:
-        net.load_state_dict(torch.load(weights, weights_only=True))
+        net.load_state_dict(read_checkpoint(weights))
     with torch.no_grad():
         loc, conf = net.eval()(images)
         loss_l, loss_c = MultiBoxLoss()((loc, conf, ssdonnx.default_boxes(cfg)), targets)
@@ -54,10 +56,14 @@ def test_short_training_run_halves_the_loss(tiny, tmp_path):
     assert [h["epoch"] for h in history] == list(range(1, 17))
     before, after = loss_on(tiny), loss_on(tiny, tmp_path / "ssd-shapes-epoch16.pth")
     assert after < before / 2, (before, after)
-    # a seed-format checkpoint per epoch, and one to resume from
+    # the last epoch's weights with their config (seed state_dict names), and one to
+    # resume from; no checkpoint of the epochs between (keep_every is 0)
     state = torch.load(tmp_path / "ssd-shapes-epoch16.pth", weights_only=True)
-    assert "vgg.0.weight" in state and "conf.3.bias" in state
+    assert "vgg.0.weight" in state["model"] and "conf.3.bias" in state["model"]
+    assert ssdonnx.get_config("ssd-shapes") == \
+        ssdonnx.SSDConfig.from_dict(json.loads(state["config"]))
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 16
+    assert not (tmp_path / "ssd-shapes-epoch15.pth").exists()
 
 
 def test_resume_continues_the_run_exactly(tiny, tmp_path):
@@ -68,8 +74,8 @@ def test_resume_continues_the_run_exactly(tiny, tmp_path):
                     resume=tmp_path / "a" / "last.pth", log=lambda m: None)
     assert [h["epoch"] for h in history] == [2]
     train("ssd-shapes", tiny, tmp_path / "b", epochs=2, batch=16, seed=3, log=lambda m: None)
-    resumed = torch.load(tmp_path / "a" / "ssd-shapes-epoch2.pth", weights_only=True)
-    straight = torch.load(tmp_path / "b" / "ssd-shapes-epoch2.pth", weights_only=True)
+    resumed = read_checkpoint(tmp_path / "a" / "ssd-shapes-epoch2.pth")
+    straight = read_checkpoint(tmp_path / "b" / "ssd-shapes-epoch2.pth")
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
     with pytest.raises(ValueError, match=r"seed 4 differs from the run being resumed"):
@@ -135,10 +141,13 @@ def test_train_and_evaluate_cli(tiny, tmp_path):
                "--epochs", "1", "--batch", "16")
     assert r.exit_code == 0, r.output
     assert "epoch 1/1: loss_l" in r.output and "ssd-shapes-epoch1.pth" in r.output
-    r = invoke("evaluate", tmp_path / "ssd-shapes-epoch1.pth", "--data", tiny)
-    assert r.exit_code == 2 and "needs its config (--config)" in r.output
-    r = invoke("evaluate", tmp_path / "ssd-shapes-epoch1.pth", "--config", "ssd-shapes",
-               "--data", tiny, "--json")
+    # The checkpoint carries its config; a plain state_dict needs --config.
+    r = invoke("evaluate", tmp_path / "ssd-shapes-epoch1.pth", "--data", tiny, "--json")
+    assert r.exit_code == 0 and "map07" in r.stdout, r.output
+    torch.save(read_checkpoint(tmp_path / "ssd-shapes-epoch1.pth"), tmp_path / "plain.pth")
+    r = invoke("evaluate", tmp_path / "plain.pth", "--data", tiny)
+    assert r.exit_code == 2 and "needs one (--config)" in r.output
+    r = invoke("evaluate", tmp_path / "plain.pth", "--config", "ssd-shapes", "--data", tiny)
     assert r.exit_code == 0, r.output
 
 

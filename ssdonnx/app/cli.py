@@ -15,6 +15,7 @@ import click
 from . import training_cli
 from .clikit import PROVIDER, Group, LazyBar, UsageError, finite, log, plural, progress_bar
 
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ssdonnx")
 def main():
@@ -23,13 +24,22 @@ def main():
 
 @main.command()
 @click.argument("kind", type=click.Choice(["model", "detector", "loss", "all"]))
-@click.option("--config", "config", default="ssd300-voc", show_default=True,
-              help="Preset name or path of a JSON config.")
+@click.option("--config", "config", default=None,
+              help="Preset name or path of a JSON config [default: the config the "
+                   "checkpoint carries, or ssd300-voc].")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint (seed state_dict format) for model and detector.")
+              help="Checkpoint for model and detector: of ssdonnx train, or a plain "
+                   "state_dict (the seed's, pytorch-ssd's).")
+@click.option("--labels", default=None,
+              help="Class names: a file of one per line (pytorch-ssd's labels.txt, "
+                   "BACKGROUND first) or cat,dog; their number must fit the checkpoint.")
 @click.option("--output", type=click.Path(), default=None,
               help="The .onnx file for one kind; a folder for all "
                    "[default: models/<config>/<kind>.onnx under the current folder].")
+@click.option("--layout", type=click.Choice(["ssdonnx", "jetson"]), default="ssdonnx",
+              show_default=True,
+              help="detector only: jetson writes the graph jetson-inference loads (input_0 "
+                   "-> scores after softmax, corner boxes; no NMS).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.option("--no-verify", is_flag=True, help="Skip the checker and the parity check.")
@@ -40,8 +50,8 @@ def main():
               help="Pictures to calibrate the int8 ranges on: a folder, or a VOC-layout set.")
 @click.option("--calibration-images", type=click.IntRange(min=1), default=64,
               show_default=True, help="Use the first N pictures (sorted by path).")
-def export(kind, config, weights, output, opset, force, no_verify, int8, calibration,
-           calibration_images):
+def export(kind, config, weights, labels, output, layout, opset, force, no_verify, int8,
+           calibration, calibration_images):
     """Export KIND (model, detector, loss or all) to ONNX, then check and verify it.
 
     Each file is written under a temporary name and checked there (onnx.checker, then
@@ -52,12 +62,18 @@ def export(kind, config, weights, output, opset, force, no_verify, int8, calibra
     """
     from ..deploy.export import export as export_one
     from ..deploy.export import export_all
+    from ..model import config_for
 
     if int8 and kind != "detector":
         raise UsageError(f"--int8 is for `export detector`, not `export {kind}`")
     if int8 != (calibration is not None):
         raise UsageError("--int8 and --calibration go together: int8 ranges are "
                          "calibrated on your pictures")
+    if layout == "jetson":
+        if kind != "detector" or int8:
+            raise UsageError("--layout jetson is for `export detector` (float32)")
+        kind = "jetson"
+    config = config_for(config, weights, labels)
     if kind == "all":
         export_all(output, config, weights, opset=opset, force=force,
                    verify_file=not no_verify, log=log)
@@ -253,5 +269,6 @@ def placement(files, simulate_cuda):
 
 
 
-for command in (training_cli.data, training_cli.train, training_cli.evaluate):
+for command in (training_cli.config, training_cli.data, training_cli.train,
+                training_cli.evaluate):
     main.add_command(command)

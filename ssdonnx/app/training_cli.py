@@ -1,17 +1,70 @@
-"""``ssdonnx`` commands for data, training and evaluation (registered by ``cli``)."""
+"""``ssdonnx`` commands for configs, data, training and evaluation (registered by
+``cli``)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
-from .clikit import PROVIDER, finite, log, progress_bar
+from .clikit import PROVIDER, UsageError, finite, log, progress_bar
+
+DATA_HELP = ("A VOC-layout folder (JPEGImages/ or images/, Annotations/ or annotations/, "
+             "ImageSets/Main/*.txt) or a COCO .json file.")
+
+
+def _int_list(ctx, param, value):
+    try:
+        return tuple(int(v) for v in value.split(",")) if value else ()
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected epochs like 80,100") from None
+
+
+@click.command()
+@click.argument("preset")
+@click.option("--classes", default=None,
+              help="Your classes: cat,dog or a file of one name per line.")
+@click.option("--input-size", type=click.IntRange(32, 2048), default=None,
+              help="Another input side; the default boxes follow (the SSD paper's scales).")
+@click.option("--name", default=None, help="The config's name [default: PRESET].")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the JSON here [default: print it].")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+def config(preset, classes, input_size, name, out, force):
+    """Show a config's default boxes and write it as JSON, for your classes and input
+    size. (train takes --classes and --input-size itself; this is for those who want
+    the file.)"""
+    from ..config import (
+        describe_priors,
+        get_config,
+        read_class_names,
+        with_classes,
+        with_input_size,
+    )
+    from ..deploy import files
+
+    cfg = get_config(preset)
+    if classes is not None:
+        cfg = with_classes(cfg, read_class_names(classes))
+    if input_size is not None and input_size != cfg.input_size:
+        cfg = with_input_size(cfg, input_size)
+    if name is not None:
+        cfg = get_config(type(cfg).from_dict({**cfg.to_dict(), "name": name}))
+    log(describe_priors(cfg))
+    text = json.dumps(cfg.to_dict(), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    files.write_text(files.check_destination(out, force), text)
+    click.echo(f"wrote {out} ({cfg.name}: {cfg.num_classes - 1} classes, input "
+               f"{cfg.input_size}, {cfg.num_priors} default boxes)")
+
 
 @click.group()
 def data():
-    """Data sets in the VOC layout."""
+    """Data sets: generated shapes, and splits of your own."""
 
 
 @data.command("shapes")
@@ -37,10 +90,32 @@ def data_shapes(out, n_train, n_val, seed, object_size, force):
                f"{object_size[0]} to {object_size[1] - 1} px) to {root}")
 
 
+@data.command("split")
+@click.argument("dataset", type=click.Path(exists=True))
+@click.option("--val", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.2, show_default=True, callback=finite,
+              help="Share of the pictures held out.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing train/val lists.")
+def data_split(dataset, val, seed, force):
+    """Split DATASET's annotated pictures into train and val lists, fixed by the seed
+    (ImageSets/Main/{train,val,trainval}.txt, beside a COCO file). """
+    from ..training.data import write_split
+
+    split = write_split(dataset, val, seed, force)
+    click.echo(f"{len(split['train'])} train and {len(split['val'])} val pictures "
+               f"(seed {seed}) listed in ImageSets/Main of {dataset}")
+
+
 @click.command()
-@click.option("--config", required=True, help="Preset name or JSON config.")
-@click.option("--data", "data_root", type=click.Path(file_okay=False, exists=True),
-              required=True, help="VOC-layout folder (ImageSets/Main/train.txt).")
+@click.option("--config", default=None,
+              help="Preset name or JSON config [default: the resumed run's].")
+@click.option("--data", "data_root", type=click.Path(exists=True), required=True,
+              help=DATA_HELP)
+@click.option("--classes", default=None, help="Your classes: cat,dog or a file of names "
+              "[default: the config's, or the data set's where the config lacks them].")
+@click.option("--input-size", type=click.IntRange(32, 2048), default=None,
+              help="Another input side; the default boxes follow.")
 @click.option("--image-set", default="train", show_default=True,
               help="Image set(s) to train on: a list name, names joined by commas "
                    "(train,val), or all.")
@@ -53,12 +128,17 @@ def data_shapes(out, n_train, n_val, seed, object_size, force):
               help="Images per step and process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=100), default=1e-3,
               show_default=True, callback=finite)
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant",
-              show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine"]),
+              default="constant", show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1000), default=None, callback=finite,
+              help="Epochs of linear warm-up [default: 1 for cosine, else 0].")
+@click.option("--lr-steps", default="", callback=_int_list,
+              help="For --schedule step: epochs at which the rate drops x0.1 (80,100).")
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Initial weights (full model or VGG base).")
+              help="Start from a checkpoint: every tensor that fits is loaded (another "
+                   "class count, or a base network alone such as vgg16_reducedfc.pth).")
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="last.pth of an earlier run: continue it (its seed and augmentation).")
+              help="last.pth of an earlier run: continue it (its settings).")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of initialisation, order and augmentation [default: 0, or the "
                    "resumed run's].")
@@ -66,62 +146,84 @@ def data_shapes(out, n_train, n_val, seed, object_size, force):
               help="ssd: the SSD paper's (photometric, expand, IoU-constrained crop, "
                    "mirror); simple: jitter, flip, mild crop [default: ssd, or the "
                    "resumed run's].")
+@click.option("--val-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Validation mAP every N epochs (and at the end); best.pth keeps the "
+                   "best. 0: none.")
+@click.option("--val-set", default=None, help="Image set to validate on [default: val].")
+@click.option("--keep-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also keep every N-th epoch's weights (the last is always kept).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads for PyTorch [default: torch's]; see docs/training.md.")
 @click.option("--amp", is_flag=True,
               help="Mixed precision: float16 with gradient scaling on CUDA, bfloat16 on "
                    "the CPU.")
 @click.option("--workers", type=click.IntRange(min=0, max=256), default=0, show_default=True,
               help="DataLoader worker processes per training process.")
-def train(config, data_root, image_set, out, force, epochs, batch, lr, schedule, weights,
-          resume, seed, augment, amp, workers):
+def train(config, data_root, classes, input_size, image_set, out, force, epochs, batch, lr,
+          schedule, warmup, lr_steps, weights, resume, seed, augment, val_every, val_set,
+          keep_every, threads, amp, workers):
     """Train an SSD with MultiBoxLoss (also under torchrun, with DDP)."""
-    from ..config import get_config
     from ..training.train import train as run
 
-    cfg = get_config(config)
     bars = {}
 
     def progress(n, total, epoch, loss_l, loss_c, rate):
         if epoch not in bars:
-            for bar in bars.values():
-                bar.render_finish()
+            for b in bars.values():
+                b.render_finish()
             bars[epoch] = click.progressbar(
                 length=total, label=f"epoch {epoch}/{epochs}", file=sys.stderr,
                 item_show_func=lambda _: bars[epoch].status)
             bars[epoch].status = ""
-        bar = bars[epoch]
-        bar.status = f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s"
-        bar.update(n)
+        current = bars[epoch]
+        current.status = f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s"
+        current.update(n)
 
+    if config is None and resume is None:
+        raise UsageError("--config is needed to start a run (or --resume to continue one)")
     try:
-        run(cfg, data_root, out, epochs, batch, lr, weights, resume, seed, workers=workers,
-            schedule=schedule, augment=augment, amp=amp, force=force, image_set=image_set,
-            log=log,
-            progress=progress)
+        run(config, data_root, out, epochs, batch, lr, weights, resume, seed, classes,
+            input_size, workers, schedule, warmup, lr_steps, augment, amp, force, image_set,
+            val_set, val_every, keep_every, threads, log=log, progress=progress)
     finally:
-        for bar in bars.values():
-            bar.render_finish()
-    click.echo(f"checkpoints in {out} (seed state_dict format: {cfg.name}-epoch{epochs}.pth)")
+        for b in bars.values():
+            b.render_finish()
+    final = sorted(Path(out).glob(f"*-epoch{epochs}.pth"))
+    click.echo(f"checkpoints in {out}: last.pth (to resume)"
+               + (f", {final[0].name} (the weights)" if final else "")
+               + (", best.pth (best validation mAP)" if val_every else "") + "; log.csv")
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", "data_root", type=click.Path(file_okay=False, exists=True),
-              required=True)
-@click.option("--image-set", default="val", show_default=True)
-@click.option("--config", default=None, help="Config of a checkpoint MODEL.")
+@click.option("--data", "data_root", type=click.Path(exists=True), required=True,
+              help=DATA_HELP)
+@click.option("--image-set", default="val", show_default=True,
+              help="A list name, names joined by commas, or all.")
+@click.option("--config", default=None,
+              help="Config of a checkpoint MODEL that does not carry its own.")
 @click.option("--provider", type=PROVIDER, default="auto", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1, max=256), default=16, show_default=True)
+@click.option("--coco", is_flag=True,
+              help="Also COCO AP@[.5:.95], AP50, AP75 and per-class AP (pycocotools).")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(model, data_root, image_set, config, provider, batch, as_json):
-    """VOC mAP@0.5 of MODEL: an exported detector.onnx (onnxruntime) or a checkpoint
-    with --config (eager PyTorch)."""
+def evaluate(model, data_root, image_set, config, provider, batch, coco, as_json):
+    """VOC mAP@0.5 (and with --coco COCO AP) of MODEL: an exported detector.onnx
+    (onnxruntime) or a checkpoint (eager PyTorch)."""
     from ..deploy.predict import Detector
     from ..training.evaluate import evaluate as run
-    from ..training.evaluate import evaluation_set
+    from ..training.evaluate import evaluate_coco, evaluation_set
 
     detector = Detector(model, config, provider, score=0.0)
     dataset = evaluation_set(data_root, image_set, detector.config)
     with progress_bar(len(dataset), f"evaluating ({detector.runtime})") as bar:
-        result = run(detector, dataset, batch, progress=bar.update)
-    click.echo(json.dumps(result.as_dict()) if as_json else result.table(detector.runtime))
-
+        if coco:
+            voc, coco_ap = evaluate_coco(detector, dataset, batch, progress=bar.update)
+        else:
+            voc, coco_ap = run(detector, dataset, batch, progress=bar.update), None
+    if as_json:
+        click.echo(json.dumps(voc.as_dict() | ({"coco": coco_ap.as_dict()} if coco else {})))
+        return
+    click.echo(voc.table(detector.runtime))
+    if coco_ap is not None:
+        click.echo(coco_ap.table())

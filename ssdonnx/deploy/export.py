@@ -15,7 +15,7 @@ from ..config import SSDConfig, get_config
 from ..errors import InputError, OutputError, ParityError
 from . import files
 from .graphs import DEFAULT_OPSET, check_opset
-from .onnxfile import KINDS
+from .onnxfile import ALL_KINDS, KINDS
 from .parity import Verification, verify
 
 
@@ -55,7 +55,8 @@ def export(kind: str, output=None, config: str | SSDConfig = "ssd300-voc", weigh
            *, opset: int = DEFAULT_OPSET, force: bool = False, verify_file: bool = True,
            thresholds: dict | None = None, calibration=None,
            calibration_images: int | None = None, log=None, progress=None) -> Exported:
-    """Export one graph (``model``, ``detector`` or ``loss``) to ``output`` and check it.
+    """Export one graph (``model``, ``detector``, ``loss`` or ``jetson``: the detector in
+    jetson-inference's layout) to ``output`` and check it.
 
     output: the .onnx file [default: models/<config>/<kind>.onnx under the current
     folder]. weights: a checkpoint for the network (model, detector). ``calibration``
@@ -126,10 +127,10 @@ def export_all(folder=None, config: str | SSDConfig = "ssd300-voc", weights=None
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--output {folder} is a file; for `export all` it is the folder "
                           "to write model.onnx, detector.onnx and loss.onnx in")
-    outputs = [files.check_destination(folder / f"{k}.onnx", force) for k in KINDS]
+    outputs = [files.check_destination(folder / f"{k}.onnx", force) for k in ALL_KINDS]
     files.check_writable(folder)
     done, failed = [], []
-    for kind, output in zip(KINDS, outputs):
+    for kind, output in zip(ALL_KINDS, outputs):
         try:
             done.append(_export_checked(kind, cfg, output, weights, opset, verify_file,
                                         None, None, None, log, None))

@@ -12,10 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import loss, postprocess
+from ..boxes import decode
 from ..config import SSDConfig
 from ..errors import InputError
 from ..loss import MultiBoxLoss
-from ..model import SSD, load_weights
+from ..model import load_weights
+from ..networks import build_model
 from ..postprocess import SSDDetector
 from ..priors import default_boxes
 from .onnxfile import INIT_SEED, INPUT_NAMES, KINDS, OUTPUT_NAMES, graph_metadata, set_metadata
@@ -54,11 +56,27 @@ class LossGraph(nn.Module):
         return self.criterion((loc, conf, self.dbox), targets)
 
 
-def build_network(cfg: SSDConfig, weights=None) -> SSD:
-    """SSD for ``cfg`` in eval mode: from a checkpoint, or seeded initialisation."""
+class JetsonGraph(nn.Module):
+    """The detector in the layout of pytorch-ssd's onnx_export.py, which jetson-inference
+    loads: images [B, 3, S, S] -> (scores [B, P, C] after softmax, boxes [B, P, 4]
+    decoded, (x1, y1, x2, y2) normalised). No NMS: the application does it."""
+
+    def __init__(self, model: nn.Module, cfg: SSDConfig):
+        super().__init__()
+        self.model = model
+        self.variances = cfg.variances
+        self.register_buffer("dbox", default_boxes(cfg), persistent=False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        loc, conf = self.model(images)
+        return conf.softmax(-1), decode(loc, self.dbox, self.variances)
+
+
+def build_network(cfg: SSDConfig, weights=None) -> nn.Module:
+    """The network of ``cfg`` in eval mode: from a checkpoint, or seeded initialisation."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
-        model = SSD(cfg)
+        model = build_model(cfg)
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
@@ -73,6 +91,8 @@ def build_graph(kind: str, cfg: SSDConfig, weights=None, thresholds: dict | None
         return SSDDetector(build_network(cfg, weights), cfg, **thresholds).eval()
     if kind == "loss":
         return LossGraph(cfg, **thresholds).eval()
+    if kind == "jetson":
+        return JetsonGraph(build_network(cfg, weights), cfg).eval()
     raise InputError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
 
 
@@ -81,9 +101,12 @@ def example_inputs(kind: str, cfg: SSDConfig, batch: int = 2, objects: int = 3,
     """Random inputs for a graph: images like pre-processed photos; for the loss, network
     outputs and a padded batch of valid targets with `objects` rows (some padding)."""
     gen = torch.Generator().manual_seed(seed)
-    if kind in ("model", "detector"):
+    if kind in ("model", "detector", "jetson"):
         S = cfg.input_size
-        return {"images": torch.rand(batch, 3, S, S, generator=gen) * 255 - 117}
+        pixels = torch.rand(batch, 3, S, S, generator=gen) * 255
+        mean = torch.tensor(cfg.pixel_mean).view(3, 1, 1)
+        images = (pixels - mean) / torch.tensor(cfg.pixel_std).view(3, 1, 1)
+        return {INPUT_NAMES[kind][0]: images}
     P, C = cfg.num_priors, cfg.num_classes
     loc = torch.randn(batch, P, 4, generator=gen)
     conf = torch.randn(batch, P, C, generator=gen) * 2
@@ -159,6 +182,6 @@ def graph_proto(kind: str, cfg: SSDConfig, weights=None, opset: int = DEFAULT_OP
     inputs = example_inputs(kind, cfg, EXPORT_BATCH, EXPORT_OBJECTS)
     proto = to_onnx(graph, dict(zip(INPUT_NAMES[kind], inputs.values())), OUTPUT_NAMES[kind],
                     dynamic_shapes(kind), opset)
-    set_metadata(proto, graph_metadata(kind, cfg, weights,
-                                       graph.thresholds() if kind != "model" else {}))
+    set_metadata(proto, graph_metadata(kind, cfg, weights, graph.thresholds()
+                                       if kind in ("detector", "loss") else {}))
     return proto

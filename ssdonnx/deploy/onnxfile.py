@@ -16,12 +16,17 @@ from ..config import SSDConfig
 from ..errors import ConfigError, OnnxFileError
 from .files import file_sha256
 
-KINDS = ("model", "detector", "loss")
+# The graphs ssdonnx writes. ``jetson`` is the detector in the layout jetson-inference
+# loads (pytorch-ssd's onnx_export.py): class scores after softmax and decoded corner
+# boxes for every default box, NMS left to the application.
+KINDS = ("model", "detector", "loss", "jetson")
+ALL_KINDS = ("model", "detector", "loss")        # what `export all` writes
 
 # Names of each graph's inputs and outputs in the ONNX file.
-INPUT_NAMES = {"model": ["images"], "detector": ["images"], "loss": ["loc", "conf", "targets"]}
+INPUT_NAMES = {"model": ["images"], "detector": ["images"], "loss": ["loc", "conf", "targets"],
+               "jetson": ["input_0"]}
 OUTPUT_NAMES = {"model": ["loc", "conf"], "detector": ["detections", "num_detections"],
-                "loss": ["loss_l", "loss_c"]}
+                "loss": ["loss_l", "loss_c"], "jetson": ["scores", "boxes"]}
 
 # Seed for the weights of a network exported without a checkpoint: ``verify`` rebuilds
 # the same weights from it (the file records it as "seed:0").
@@ -35,6 +40,7 @@ THRESHOLD_TYPES = {
                  "max_detections": int},
     "loss": {"jaccard_thresh": float, "neg_pos": int},
     "model": {},
+    "jetson": {},
 }
 
 
@@ -206,7 +212,9 @@ def expected_shapes(info: GraphInfo) -> dict[str, list]:
             "detector": {"images": ["B", 3, S, S], "detections": ["B", K, 6],
                          "num_detections": ["B"]},
             "loss": {"loc": ["B", P, 4], "conf": ["B", P, C], "targets": ["B", "G", 5],
-                     "loss_l": [], "loss_c": []}}[info.kind]
+                     "loss_l": [], "loss_c": []},
+            "jetson": {"input_0": ["B", 3, S, S], "scores": ["B", P, C],
+                       "boxes": ["B", P, 4]}}[info.kind]
 
 
 def check_runnable(info: GraphInfo, proto=None) -> None:

@@ -12,7 +12,7 @@ import torch
 from ..errors import InputError, OnnxFileError
 from .files import file_sha256
 from .graphs import build_graph, example_inputs
-from .onnxfile import OUTPUT_NAMES, GraphInfo, check_runnable, load_proto, read_info
+from .onnxfile import INPUT_NAMES, OUTPUT_NAMES, GraphInfo, check_runnable, load_proto, read_info
 
 # Network outputs: float32 convolutions in a different kernel order (oneDNN in PyTorch,
 # MLAS in onnxruntime) accumulate differences of about 1e-5 relative over the VGG stack.
@@ -23,6 +23,7 @@ LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-5
 DETECTION_ATOL = 1e-4
 
 TOLERANCES = {"loc": (NETWORK_RTOL, NETWORK_ATOL), "conf": (NETWORK_RTOL, NETWORK_ATOL),
+              "scores": (NETWORK_RTOL, NETWORK_ATOL), "boxes": (NETWORK_RTOL, NETWORK_ATOL),
               "loss_l": (LOSS_RTOL, LOSS_ATOL), "loss_c": (LOSS_RTOL, LOSS_ATOL)}
 
 
@@ -63,30 +64,33 @@ def cases_for(kind: str, batch: int | None = None, pictures=None) -> list[Case]:
     return cases
 
 
-def flat_pictures(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+def flat_pictures(batch: int, size: int, seed: int = 0, mean=None, std=None) -> torch.Tensor:
     """Pre-processed pictures without texture, [B, 3, S, S]: the mean colour (all zeros
     after ``preprocess``), black, white, and the mean colour on the left half of a
     random picture, in turn. Where a network's features are all zero, guards such as
     L2Norm's epsilon decide the output."""
-    from ..transforms import MEAN_BGR
+    from ..config import SEED_MEAN_RGB
 
-    mean = torch.tensor(MEAN_BGR[::-1]).view(3, 1, 1)
+    mean = torch.tensor(mean or SEED_MEAN_RGB).view(3, 1, 1)
+    std = torch.tensor(std or (1.0, 1.0, 1.0)).view(3, 1, 1)
     gen = torch.Generator().manual_seed(seed)
-    half = torch.rand(3, size, size, generator=gen) * 255 - mean
+    half = (torch.rand(3, size, size, generator=gen) * 255 - mean) / std
     half[:, :, : size // 2] = 0
-    kinds = [torch.zeros(3, size, size), (0 - mean).expand(3, size, size),
-             (255 - mean).expand(3, size, size), half]
+    kinds = [torch.zeros(3, size, size), ((0 - mean) / std).expand(3, size, size),
+             ((255 - mean) / std).expand(3, size, size), half]
     return torch.stack([kinds[i % len(kinds)] for i in range(batch)]).contiguous()
 
 
 def case_inputs(case: Case, kind: str, cfg, seed: int) -> dict[str, torch.Tensor]:
     inputs = example_inputs(kind, cfg, case.batch, max(case.objects, 1), seed=seed)
+    picture_input = INPUT_NAMES[kind][0]
     if case.inputs == "flat":
-        inputs["images"] = flat_pictures(case.batch, cfg.input_size, seed)
+        inputs[picture_input] = flat_pictures(case.batch, cfg.input_size, seed, cfg.pixel_mean,
+                                              cfg.pixel_std)
     elif case.inputs == "pictures":
         from ..pictures import load_batch
 
-        inputs["images"] = torch.from_numpy(load_batch(case.files, cfg))
+        inputs[picture_input] = torch.from_numpy(load_batch(case.files, cfg))
     elif case.inputs == "zeros":
         inputs["loc"] = torch.zeros_like(inputs["loc"])
         inputs["conf"] = torch.zeros_like(inputs["conf"])

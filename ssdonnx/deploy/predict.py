@@ -101,11 +101,13 @@ class Detector:
             self.runtime = f"onnxruntime {self.session.provider}"
             self._run = self._run_onnx
         else:
-            if config is None:
-                raise InputError(f"{model}: a checkpoint needs its config (--config)")
+            from ..model import checkpoint_config, config_for
             from .graphs import build_graph
 
-            self.config = get_config(config)
+            if config is None and checkpoint_config(self.path) is None:
+                raise InputError(f"{model}: a checkpoint that does not carry its config needs "
+                                 "one (--config)")
+            self.config = config_for(config, self.path)
             self.graph = build_graph("detector", self.config, self.path)
             self.max_detections = self.graph.head.max_detections
             self.note = ""
@@ -147,9 +149,9 @@ class Detector:
         return out
 
     def preprocess(self, pictures) -> np.ndarray:
-        from ..transforms import preprocess
+        from ..transforms import preprocess_for
 
-        return np.stack([preprocess(p, self.config.input_size).numpy() for p in pictures])
+        return np.stack([preprocess_for(p, self.config).numpy() for p in pictures])
 
     def detect(self, pictures, score: float | None = None) -> list[Detections]:
         """Pictures (PIL images, RGB arrays HWC, or paths) -> their ``Detections``."""

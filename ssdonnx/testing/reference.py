@@ -12,7 +12,6 @@ from math import sqrt
 import torch
 import torch.nn.functional as F
 
-
 # Tolerances of the vectorised code against these loops. Both are float32 PyTorch; they
 # differ in the order of sums (per image and object here, batched there), which moves
 # values by a few ulps: relative 1e-5 for values and gradients (the seed's bar), and an

@@ -186,13 +186,17 @@ class SSDAugmentation:
 
     ``augment(image, targets, rng) -> (image, targets)``: image HWC RGB (uint8 or float,
     0..255), targets float32 [n, 5] (x1, y1, x2, y2, label) normalised to the image;
-    returns a float32 image and targets normalised to it.
+    returns a float32 image and targets normalised to it. ``mean`` (RGB) fills the
+    canvas of the zoom-out: the network's pixel mean, which it sees as zero.
     """
+
+    def __init__(self, mean=MEAN_RGB):
+        self.mean = tuple(mean)
 
     def __call__(self, image: np.ndarray, targets: np.ndarray, rng: np.random.Generator):
         boxes, labels = _to_pixels(image, targets)
         image = photometric_distort(image, rng)
-        image, boxes = expand(image, boxes, rng)
+        image, boxes = expand(image, boxes, rng, self.mean)
         image, boxes, labels, _, _ = sample_crop(image, boxes, labels, rng)
         image, boxes = mirror(image, boxes, rng)
         return np.ascontiguousarray(image), _to_targets(image, boxes, labels)
@@ -202,6 +206,9 @@ class SimpleAugmentation:
     """The lighter augmentation ssdonnx trained with before (kept to compare against):
     brightness and contrast jitter, horizontal flip, and with probability 1/2 a crop of
     0.6 to 1 of each side that is skipped unless it keeps every box centre."""
+
+    def __init__(self, mean=MEAN_RGB):
+        self.mean = tuple(mean)          # unused: nothing is filled
 
     def __call__(self, image: np.ndarray, targets: np.ndarray, rng: np.random.Generator):
         x = image.astype(np.float32)

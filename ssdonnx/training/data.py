@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ..checks import COORD_TOLERANCE
-from ..errors import DataError, InputError
+from ..config import SEED_MEAN_RGB
+from ..errors import DataError, InputError, OutputError
 from ..matching import pad_targets
 from ..pictures import picture_array, readable_suffixes
 from ..transforms import preprocess
@@ -325,6 +326,50 @@ def read_coco(path, image_set: str, classes, images=None) -> list[Record]:
 
 # --- one form for both -----------------------------------------------------------------
 
+def all_ids(data) -> list[str]:
+    """Every annotated picture's id: a VOC folder's annotations that have a picture, or
+    a COCO file's picture names."""
+    data = Path(data)
+    if is_coco(data):
+        try:
+            return sorted(str(im["file_name"]) for im in _coco_json(data)["images"])
+        except (KeyError, TypeError) as exc:
+            raise AnnotationError(f"{data}: an image without file_name ({exc})") from None
+    pictures = _pictures_by_stem(_folder(data, PICTURE_FOLDERS))
+    return sorted(p.stem for p in _folder(data, ANNOTATION_FOLDERS).glob("*.xml")
+                  if p.stem in pictures)
+
+
+def write_split(data, val: float = 0.2, seed: int = 0, force: bool = False
+                ) -> dict[str, list[str]]:
+    """A fixed, seeded split of every annotated picture into ``train`` and ``val`` lists
+    (and ``trainval``), written to ImageSets/Main/ of the data set (beside a COCO file).
+    ``val`` is the share held out. Existing lists are replaced only with ``force``."""
+    from ..deploy.files import make_folder, write_text
+
+    if not 0 < val < 1:
+        raise InputError(f"val: expected a share between 0 and 1, got {val}")
+    data = Path(data)
+    ids = all_ids(data)
+    if len(ids) < 2:
+        raise DataError(f"{data}: {len(ids)} annotated pictures; a split needs at least 2")
+    folder = (data.parent if is_coco(data) else data) / LISTS
+    lists = {name: folder / f"{name}.txt" for name in ("train", "val", "trainval")}
+    existing = [str(p) for p in lists.values() if p.exists()]
+    if existing and not force:
+        raise OutputError(f"{', '.join(existing)} exist; pass --force (force=True) to "
+                          "replace them")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, round(val * len(ids))))
+    held = {ids[i] for i in order[:n_val]}
+    split = {"train": [i for i in ids if i not in held], "val": [i for i in ids if i in held],
+             "trainval": ids}
+    make_folder(folder)
+    for name, path in lists.items():
+        write_text(path, "".join(f"{i}\n" for i in split[name]))
+    return split
+
+
 def is_coco(data) -> bool:
     return Path(data).suffix.lower() == ".json"
 
@@ -366,12 +411,13 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, image_set: str = "trainval", classes=VOC_CLASSES,
                  size: int = 300, keep_difficult: bool = False, augment=None,
-                 seed: int = 0, images=None):
+                 seed: int = 0, images=None, mean=SEED_MEAN_RGB, std=(1.0, 1.0, 1.0)):
         if seed < 0:
             raise InputError(f"seed: expected a non-negative integer, got {seed}")
         self.root = Path(root)
         self.classes = tuple(classes)
         self.size = size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.keep_difficult = keep_difficult
         self.augment = augment
         self.seed = seed
@@ -409,7 +455,18 @@ class VOCDataset(torch.utils.data.Dataset):
         targets = self.records[index].targets
         if self.augment is not None:
             image, targets = self.augment(image, targets, self.rng(index))
-        return preprocess(image, self.size), torch.from_numpy(targets)
+        return self.preprocess(image), torch.from_numpy(targets)
+
+    def preprocess(self, image) -> Tensor:
+        return preprocess(image, self.size, mean=self.mean, std=self.std)
+
+    @classmethod
+    def for_config(cls, root, image_set: str, cfg, **kwargs) -> VOCDataset:
+        """The pictures of ``root`` for the network of ``cfg``: its classes, input size,
+        pixel mean and std."""
+        classes = cfg.class_names or tuple(f"class {i}" for i in range(1, cfg.num_classes))
+        return cls(root, image_set, classes, size=cfg.input_size, mean=cfg.pixel_mean,
+                   std=cfg.pixel_std, **kwargs)
 
 
 def collate(batch) -> tuple[Tensor, Tensor]:

@@ -1,12 +1,22 @@
-"""VOC mAP@0.5 of a detector on a VOC-layout data set: VOC2007 11-point and area AP."""
+"""Detection quality on a data set: VOC mAP@0.5 (VOC2007 11-point and area AP, computed
+here) and COCO AP@[.5:.95], AP50, AP75 and per-class AP (computed by pycocotools, the
+COCO authors' evaluator: ``pip install ssdonnx[coco]``), from VOC or COCO data alike.
+
+The two agree where they measure the same thing: COCO's AP50 and the VOC area AP are
+both the area under the precision envelope at IoU 0.5; COCO samples it at 101 recall
+points and counts a detection of a truth of its class with IoU >= 0.5 once, as VOC does,
+so they differ by the sampling (tests/test_evaluate.py holds them within 0.02).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..transforms import preprocess
+from ..errors import InputError
 from .data import VOCDataset
 
 IOU_THRESHOLD = 0.5
@@ -104,7 +114,7 @@ def run_detector(detector, dataset: VOCDataset, batch: int = 16, progress=None):
     for start in range(0, len(dataset), batch):
         idx = range(start, min(start + batch, len(dataset)))
         # Pictures and annotations read once each (dataset[i] would parse the XML again).
-        images = np.stack([preprocess(dataset.image(i), dataset.size).numpy() for i in idx])
+        images = np.stack([dataset.preprocess(dataset.image(i)).numpy() for i in idx])
         detections += detector.predict(images)
         for i in idx:
             targets, difficult, _ = dataset.annotation(i)
@@ -117,12 +127,89 @@ def run_detector(detector, dataset: VOCDataset, batch: int = 16, progress=None):
 def evaluation_set(root, image_set: str, cfg) -> VOCDataset:
     """The data set ``evaluate`` reads: pictures at the network's size, difficult
     objects kept (and flagged)."""
-    return VOCDataset(root, image_set, cfg.class_names or
-                      tuple(f"class {i}" for i in range(1, cfg.num_classes)),
-                      size=cfg.input_size, keep_difficult=True)
+    return VOCDataset.for_config(root, image_set, cfg, keep_difficult=True)
 
 
 def evaluate(detector, dataset: VOCDataset, batch: int = 16, progress=None) -> MeanAP:
     """VOC mAP@0.5 of ``detector`` (``ssdonnx.Detector``) on ``dataset``."""
     detections, truths = run_detector(detector, dataset, batch, progress)
     return voc_map(detections, truths, dataset.classes)
+
+
+@dataclass
+class CocoAP:
+    """COCO's metrics (pycocotools): AP averaged over IoU 0.5:0.95, at 0.5 and 0.75, and
+    per class (over IoU 0.5:0.95); -1 where a class has no truths."""
+    ap: float
+    ap50: float
+    ap75: float
+    per_class: dict
+    images: int = 0
+
+    def as_dict(self) -> dict:
+        return {"ap": self.ap, "ap50": self.ap50, "ap75": self.ap75,
+                "per_class": self.per_class, "images": self.images}
+
+    def table(self) -> str:
+        lines = [f"{'class':16s} {'AP@[.5:.95]':>12s}"]
+        lines += [f"{name:16s} {v:12.4f}" for name, v in self.per_class.items()]
+        lines.append(f"{'COCO':16s} {self.ap:12.4f}   AP50 {self.ap50:.4f}  AP75 "
+                     f"{self.ap75:.4f}   ({self.images} images, pycocotools)")
+        return "\n".join(lines)
+
+
+def coco_map(detections, truths, sizes, class_names) -> CocoAP:
+    """COCO AP of ``detections`` against ``truths`` (as ``voc_map`` takes them) on
+    pictures of ``sizes`` [(width, height)] pixels, by pycocotools. Difficult truths (and
+    COCO's crowd regions) are COCO's ignored regions: matching one counts neither way."""
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise InputError("COCO AP needs pycocotools: pip install 'ssdonnx[coco]'") from None
+    images, annotations, results = [], [], []
+    for i, ((targets, difficult), dets, (W, H)) in enumerate(zip(truths, detections, sizes)):
+        images.append({"id": i, "width": int(W), "height": int(H)})
+        scale = np.array([W, H, W, H], dtype=np.float64)
+        for box, label, crowd in zip(targets[:, :4] * scale, targets[:, 4], difficult):
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append({"id": len(annotations) + 1, "image_id": i,
+                                "category_id": int(label) + 1, "iscrowd": int(crowd),
+                                "bbox": [float(box[0]), float(box[1]), float(w), float(h)],
+                                "area": float(w * h)})
+        for row in dets:
+            box = row[:4] * scale
+            results.append({"image_id": i, "category_id": int(row[5]), "score": float(row[4]),
+                            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
+                                     float(box[3] - box[1])]})
+    categories = [{"id": c, "name": n} for c, n in enumerate(class_names, start=1)]
+    with contextlib.redirect_stdout(io.StringIO()):      # pycocotools prints its steps
+        truth = COCO()
+        truth.dataset = {"images": images, "annotations": annotations,
+                         "categories": categories}
+        truth.createIndex()
+        found = truth.loadRes(results) if results else COCO()
+        if not results:
+            found.dataset = {"images": images, "annotations": [], "categories": categories}
+            found.createIndex()
+        run = COCOeval(truth, found, "bbox")
+        run.evaluate()
+        run.accumulate()
+        run.summarize()
+    # precision: [IoU thresholds, recall points, classes, areas, max detections]
+    precision = run.eval["precision"][:, :, :, 0, -1]
+    per_class = {}
+    for k, name in enumerate(class_names):
+        p = precision[:, :, k]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+    return CocoAP(float(run.stats[0]), float(run.stats[1]), float(run.stats[2]), per_class,
+                  len(images))
+
+
+def evaluate_coco(detector, dataset: VOCDataset, batch: int = 16, progress=None
+                  ) -> tuple[MeanAP, CocoAP]:
+    """VOC mAP and COCO AP of ``detector`` on ``dataset`` from one pass over it."""
+    detections, truths = run_detector(detector, dataset, batch, progress)
+    sizes = [dataset.annotation(i)[2] for i in range(len(dataset))]
+    return (voc_map(detections, truths, dataset.classes),
+            coco_map(detections, truths, sizes, dataset.classes))
