@@ -329,7 +329,8 @@ def get_config(name_or_path: str | Path | SSDConfig) -> SSDConfig:
         return name_or_path
     text = str(name_or_path)
     path = Path(text)
-    if not (text.endswith(".json") or path.exists()):
+    # A preset name wins over a folder of that name (export writes models/<name>/).
+    if not (text.endswith(".json") or path.is_file()):
         if text not in preset_names():
             raise ConfigError(
                 f"unknown config {text!r}; presets: {', '.join(preset_names())} "

@@ -83,3 +83,11 @@ def test_lists_of_different_lengths(tmp_path):
     data["min_sizes"] = data["min_sizes"][:5]
     with pytest.raises(ConfigError, match="min_sizes has 5 entries"):
         ssdonnx.SSDConfig.from_dict(data)
+
+
+def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    # `ssdonnx export` writes models/<name>/; a folder named like a preset in the current
+    # folder must not hide the preset.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mb1-ssd").mkdir()
+    assert ssdonnx.get_config("mb1-ssd").network == "mb1-ssd"
