@@ -13,23 +13,46 @@ from .errors import InputError
 from .matching import match, pad_targets
 
 
+# Bisection steps of the exact k-th largest: the order-preserving integer keys of floats
+# >= 0 (their IEEE bit patterns) lie in [0, 2^31).
+KEY_BITS = 31
+
+
+def kth_largest_by_bisection(values: Tensor, k: Tensor) -> Tensor:
+    """The k-th largest of each row of ``values`` >= 0, found with no sort and no size
+    read from the data: a bisection over the values' IEEE bit patterns (which order
+    non-negative floats as their values), ``KEY_BITS`` fixed steps of compare-and-count
+    over [B, N]. values [B, N], k int64 [B, 1] in 1..N -> [B, 1]. Exact, ties included
+    (-0.0 and subnormal values count as 0, which no cross-entropy is)."""
+    # Below the smallest normal float counts as 0, as in the ONNX translation.
+    keys = torch.where(values >= 2.0 ** -126, values, 0.0).view(torch.int32).to(torch.int64)
+    lo = torch.zeros_like(k)                      # count(keys >= lo) >= k always
+    hi = torch.full_like(k, 1 << KEY_BITS)        # count(keys >= hi) < k always
+    for _ in range(KEY_BITS):
+        mid = (lo + hi) // 2
+        enough = (keys >= mid).sum(1, keepdim=True) >= k
+        lo = torch.where(enough, mid, lo)
+        hi = torch.where(enough, hi, mid)
+    return lo.to(torch.int32).view(torch.float32)       # the k-th largest key's value
+
+
 def kth_largest_kernel(values: Tensor, k: Tensor) -> Tensor:
-    """The k-th largest value of each row: values [B, N], k int64 [B, 1] -> [B, 1]. The
-    eager kernel of the custom operator ``kth_largest`` below (which callers use).
+    """The k-th largest value of each row: values [B, N] >= 0 (mining losses), k int64
+    [B, 1] -> [B, 1]. The eager kernel of the custom operator ``kth_largest`` below
+    (which callers use).
 
     k is taken in 1..N (k = 0 gives the largest). On the CPU a partial selection of the
-    batch's largest k (read on the host) does far less work than a full sort; on other
-    devices a full sort avoids that read, which would wait for the GPU. In ONNX: TopK of
-    all N, for the same reason.
+    batch's largest k (read on the host) does far less work than anything else; on other
+    devices ``kth_largest_by_bisection``, which reads nothing back (a wait for the GPU).
+    In ONNX the same bisection (``kth_largest_onnx``).
     """
     if values.shape[0] == 0:      # no rows: nothing to select (and k.max() has no value)
         return values.new_empty((0, 1))
     k = k.clamp(1, values.shape[1])
     if values.device.type == "cpu":
         ranked = values.topk(int(k.max()), dim=1).values                       # [B, K]
-    else:
-        ranked = values.sort(1, descending=True).values                        # [B, N]
-    return ranked.gather(1, k - 1)
+        return ranked.gather(1, k - 1)
+    return kth_largest_by_bisection(values.float(), k).to(values.dtype)
 
 
 kth_largest = torch.library.custom_op("ssdonnx::kth_largest", kth_largest_kernel,
@@ -41,15 +64,59 @@ def _kth_largest_fake(values, k):
     return values.new_empty((values.shape[0], 1))
 
 
+# 2^e for e = -126 .. 127, exact in float32: the exponents of normal floats.
+_POWERS_OF_TWO = [2.0 ** e for e in range(-126, 128)]
+
+
 def kth_largest_onnx(values, k):
-    """ONNX translation of ``ssdonnx::kth_largest``: a TopK of all N values (a full
-    sort). Its K comes from the shape alone: a K computed from the data would be read on
-    the host by onnxruntime's CUDA TopK, a wait for the GPU on every run."""
-    from onnxscript import opset18 as op  # only when exporting: it costs seconds
+    """ONNX translation of ``ssdonnx::kth_largest``: ``kth_largest_by_bisection``. ONNX
+    has no bit cast, so each value's bit pattern is built from its exponent (log2,
+    corrected exactly against a table of powers of two) and its mantissa (value over
+    that power, exact); values below the smallest normal float count as 0. No TopK: a
+    TopK of all N was the loss graph's slowest node, and one whose K came from the data
+    would be read on the host by onnxruntime's CUDA provider on every run."""
+    from onnx import TensorProto
+    from onnxscript import opset18 as op   # only when exporting: it costs seconds
+
+    INT64, FLOAT = TensorProto.INT64, TensorProto.FLOAT
+    x = values
     n = op.Shape(values, start=1, end=2)                                       # [1]
     k = op.Min(op.Max(k, op.Constant(value_int=1)), n)                         # [B, 1]
-    ranked, _ = op.TopK(values, n, axis=1)                                     # [B, N]
-    return op.GatherElements(ranked, op.Sub(k, op.Constant(value_int=1)), axis=1)
+    normal = op.Greater(x, op.Constant(value_float=2.0 ** -126))               # [B, N]
+    safe = op.Where(normal, x, op.Constant(value_float=1.0))
+    powers = op.Constant(value_floats=_POWERS_OF_TWO)                          # [254]
+    low, high = op.Constant(value_float=-126.0), op.Constant(value_float=127.0)
+
+    def power(e):
+        return op.Gather(powers, op.Cast(op.Sub(e, low), to=INT64))
+
+    e = op.Clip(op.Floor(op.Div(op.Log(safe), op.Constant(value_float=0.6931471805599453))),
+                low, high)                            # log2, perhaps one off near 2^e
+    e = op.Clip(op.Sub(e, op.Cast(op.Less(safe, power(e)), to=FLOAT)), low, high)
+    p = power(e)
+    e = op.Clip(op.Add(e, op.Cast(op.GreaterOrEqual(safe, op.Mul(p, op.Constant(
+        value_float=2.0))), to=FLOAT)), low, high)
+    p = power(e)                                                               # 2^e <= x < 2^(e+1)
+    scale = op.Constant(value_float=float(1 << 23))
+    mantissa = op.Clip(op.Mul(op.Sub(op.Div(safe, p), op.Constant(value_float=1.0)), scale),
+                       op.Constant(value_float=0.0), op.Constant(value_float=float((1 << 23) - 1)))
+    key = op.Add(op.Mul(op.Cast(op.Sub(e, op.Sub(low, op.Constant(value_float=1.0))),
+                                to=INT64), op.Constant(value_int=1 << 23)),
+                 op.Cast(mantissa, to=INT64))                            # bit pattern
+    key = op.Where(normal, key, op.Constant(value_int=0))                      # [B, N]
+    lo = op.Mul(k, op.Constant(value_int=0))                                   # [B, 1]
+    hi = op.Add(lo, op.Constant(value_int=1 << KEY_BITS))
+    axes = op.Constant(value_ints=[1])
+    for _ in range(KEY_BITS):
+        mid = op.Div(op.Add(lo, hi), op.Constant(value_int=2))
+        count = op.ReduceSum(op.Cast(op.GreaterOrEqual(key, mid), to=INT64), axes,
+                             keepdims=1)
+        enough = op.GreaterOrEqual(count, k)
+        lo = op.Where(enough, mid, lo)
+        hi = op.Where(enough, hi, mid)
+    value = op.Where(normal, x, op.Constant(value_float=0.0))
+    found = op.Where(op.Equal(key, lo), value, op.Constant(value_float=float("-inf")))
+    return op.ReduceMax(found, axes, keepdims=1)                               # [B, 1]
 
 
 ONNX_TRANSLATIONS = {torch.ops.ssdonnx.kth_largest.default: kth_largest_onnx}

@@ -134,15 +134,18 @@ def small_constants(path) -> dict[float, set[str]]:
 
 def test_the_graphs_guards_are_the_known_ones(exported):
     # Every tiny constant is a guard that some parity case reaches: L2Norm's lower bound
-    # on the norm (flat pictures: all-zero features) and boxes.ENCODE_MIN_SIZE (degenerate
-    # boxes, tests/test_checks.py). A new one needs its case; an Add of one is the kind
-    # the exporter's optimizer folds away (norm + 1e-10 became norm).
+    # on the norm (flat pictures: all-zero features), boxes.ENCODE_MIN_SIZE (degenerate
+    # boxes, tests/test_checks.py) and the smallest normal float below which the hard
+    # negatives' bisection counts a mining loss as 0 (every batch: positives mine 0). A
+    # new one needs its case; an Add of one is the kind the exporter's optimizer folds
+    # away (norm + 1e-10 became norm).
     from ssdonnx.boxes import ENCODE_MIN_SIZE
 
     eps = float(np.float32(1e-10))
     assert small_constants(exported["model"]) == {eps: {"Clip"}}
     assert small_constants(exported["detector"]) == {eps: {"Clip"}}
-    assert small_constants(exported["loss"]) == {float(np.float32(ENCODE_MIN_SIZE)): {"Where"}}
+    assert small_constants(exported["loss"]) == {float(np.float32(ENCODE_MIN_SIZE)): {"Where"},
+                                                 float(np.float32(2.0 ** -126)): {"Greater"}}
 
 
 def test_exported_network_is_finite_and_equal_on_flat_pictures(exported):

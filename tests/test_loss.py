@@ -161,23 +161,44 @@ def test_sub_micro_boxes_give_the_seeds_loss():
     assert_equal_to_seed([thin], seed=11)
 
 
+def mining_like(gen, rows, n, kind):
+    """Values >= 0 as mining losses are: continuous, many ties (0 for positives and very
+    confident boxes, rounded ones), spread over many orders of magnitude, or -0.0."""
+    if kind == "continuous":
+        return torch.rand(rows, n, generator=gen) * 30
+    if kind == "ties":
+        return torch.randint(0, 4, (rows, n), generator=gen).float() * 0.5
+    if kind == "wide":
+        return (torch.randn(rows, n, generator=gen) * 15).exp()
+    values = torch.zeros(rows, n)
+    values[:, ::3] = torch.rand(rows, len(range(0, n, 3)), generator=gen)
+    values[0] = -0.0
+    return values
+
+
+KINDS = ("continuous", "ties", "wide", "zeros")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("P", [1, 7, 300])
-def test_kth_largest_is_the_kth_value_of_a_full_sort(P):
-    from ssdonnx.loss import kth_largest
+def test_kth_largest_is_the_kth_value_of_a_full_sort(P, kind):
+    from ssdonnx.loss import kth_largest, kth_largest_by_bisection
 
     gen = torch.Generator().manual_seed(P)
-    # Rounded values: many ties, as mining losses have (positives and confident boxes).
-    values = (torch.randn(5, P, generator=gen) * 3).round()
+    values = mining_like(gen, 5, P, kind)
     k = torch.tensor([[0], [1], [P // 2], [P], [P + 5]])       # k is taken in 1..P
     expected = values.sort(1, descending=True).values.gather(1, (k.clamp(1, P) - 1))
     torch.testing.assert_close(kth_largest(values, k), expected, rtol=0, atol=0)
+    # The kernel of every device but the CPU, and of the exported graph:
+    torch.testing.assert_close(kth_largest_by_bisection(values, k.clamp(1, P)), expected,
+                               rtol=0, atol=0)
 
 
-def test_kth_largest_exports_to_topk(tmp_path):
+def test_kth_largest_exports_as_a_bisection_equal_to_the_eager_one(tmp_path):
     import onnx
-    import onnxruntime as ort
 
-    from ssdonnx.deploy.graphs import ONNX_TRANSLATIONS
+    from ssdonnx.deploy.graphs import batch_dim, to_onnx
+    from ssdonnx.deploy.runtime import Session
     from ssdonnx.loss import kth_largest
 
     class Kth(torch.nn.Module):
@@ -185,19 +206,20 @@ def test_kth_largest_exports_to_topk(tmp_path):
             return kth_largest(values, k)
 
     gen = torch.Generator().manual_seed(0)
-    values, k = torch.randn(3, 50, generator=gen).round(), torch.tensor([[4], [0], [50]])
-    B = torch.export.Dim("B", min=1, max=64)
-    program = torch.onnx.export(Kth().eval(), (values, k), dynamo=True,
-                                custom_translation_table=ONNX_TRANSLATIONS,
-                                input_names=["values", "k"],
-                                dynamic_shapes={"values": {0: B}, "k": {0: B}})
-    program.save(str(tmp_path / "kth.onnx"))
-    assert "TopK" in {n.op_type for n in onnx.load(str(tmp_path / "kth.onnx")).graph.node}
-    sess = ort.InferenceSession(str(tmp_path / "kth.onnx"), providers=["CPUExecutionProvider"])
-    values, k = torch.randn(6, 50, generator=gen).round(), torch.tensor([[1], [2], [7], [0],
-                                                                            [49], [50]])
-    (out,) = sess.run(None, {"values": values.numpy(), "k": k.numpy()})
-    np.testing.assert_array_equal(out, kth_largest(values, k).numpy())
+    example = (torch.rand(3, 50, generator=gen), torch.tensor([[4], [0], [50]]))
+    N = torch.export.Dim("N", min=2, max=10_000)
+    proto = to_onnx(Kth(), dict(zip(("values", "k"), example)), ["kth"],
+                    {"values": {0: batch_dim(), 1: N}, "k": {0: batch_dim()}})
+    onnx.save(proto, tmp_path / "kth.onnx")
+    ops = {n.op_type for n in proto.graph.node}
+    assert "TopK" not in ops and "ReduceSum" in ops
+    session = Session(tmp_path / "kth.onnx", "cpu")
+    for trial in range(40):
+        n = int(torch.randint(2, 400, (1,), generator=gen))
+        values = mining_like(gen, 6, n, KINDS[trial % 4])
+        k = torch.randint(0, n + 2, (6, 1), generator=gen)
+        np.testing.assert_array_equal(session.run(values=values, k=k)["kth"],
+                                      kth_largest(values, k).numpy(), err_msg=str(trial))
 
 
 def test_box_cross_entropy_gradient_is_autograds():
