@@ -106,6 +106,13 @@ def check_targets(targets: Tensor, num_classes: int | None = None,
             raise InputError(f"{name}: image {b}, row {g}: {what}: {row}")
 
 
+def check_images(images: Tensor, size: int) -> None:
+    """images: float [B, 3, size, size], finite: what a network takes."""
+    require_float(images, "images")
+    require_shape(images, "images", f"[B, 3, {size}, {size}]", 4, d1=3, d2=size, d3=size)
+    require_finite(images.detach(), "images", "pixels")
+
+
 def check_dbox(dbox: Tensor) -> None:
     """dbox: float [P, 4] (cx, cy, w, h), finite, w and h > 0 (a box of no size gives
     inf or NaN offsets)."""

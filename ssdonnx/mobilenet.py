@@ -197,10 +197,7 @@ class PytorchSSD(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         if self.validate and not checks.is_exporting():
-            S = self.cfg.input_size
-            checks.require_float(images, "images")
-            checks.require_shape(images, "images", f"[B, 3, {S}, {S}]", 4, d1=3, d2=S, d3=S)
-            checks.require_finite(images.detach(), "images", "pixels")
+            checks.check_images(images, self.cfg.input_size)
         x = images
         for layer in self.base_net[: self.source_index]:
             x = layer(x)

@@ -27,9 +27,14 @@ def standin_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def simulated(exported, shapes_detector, standin_cache):
+def simulated(exported, shapes_detector, standin_cache, tmp_path_factory):
     graphs = {f"ssd300-voc {k}": exported[k] for k in ("loss", "detector", "model")}
     graphs["ssd-shapes detector"] = shapes_detector
+    mb2 = tmp_path_factory.mktemp("mb2") / "detector.onnx"
+    result = invoke("export", "detector", "--config", "mb2-ssd-lite", "--output", mb2,
+                    "--no-verify")
+    assert result.exit_code == 0, result.output
+    graphs["mb2-ssd-lite detector"] = mb2
     return {name: simulate_cuda_placement(path, standin_cache) for name, path in graphs.items()}
 
 
@@ -39,7 +44,9 @@ KEY_OPS = {"ssd300-voc loss": {"LogSoftmax", "CumSum", "ArgMax", "ScatterElement
            "ssd300-voc detector": {"Conv", "Softmax", "TopK", "NonMaxSuppression",
                                    "ScatterND", "Exp"},
            "ssd300-voc model": {"Conv", "MaxPool", "Relu", "Sqrt", "Concat"},
-           "ssd-shapes detector": {"Conv", "NonMaxSuppression"}}
+           "ssd-shapes detector": {"Conv", "NonMaxSuppression"},
+           # depthwise convolutions (Conv with groups) and ReLU6 (Clip)
+           "mb2-ssd-lite detector": {"Conv", "Clip", "Add", "NonMaxSuppression"}}
 
 
 

@@ -1,5 +1,5 @@
 """Detection head (decode + NMS) vs the seed's Detect loop: ssdonnx eager and onnxruntime,
-B = 1, 8. (The whole SSD300 detector, float32 and int8: tools/bench_int8.py.)
+B = 1, 8. (Whole detectors, float32 and int8: tools/bench_detectors.py.)
 
     python tools/bench_detect.py [--repeat N] [--provider auto|cpu|cuda]
 """

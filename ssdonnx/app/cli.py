@@ -211,7 +211,8 @@ def detect(detector, images, out_dir, force, provider, score, labels, batch):
 
 @main.command()
 @click.argument("what", type=click.Choice(["loss", "detector", "head"]))
-@click.option("--config", default="ssd300-voc", show_default=True)
+@click.option("--config", default="ssd300-voc", show_default=True,
+              help="For detector: several joined by commas, compared in one run.")
 @click.option("--batch", "batches", default=None,
               help="Comma-separated batch sizes [default: 1,8,32 for loss; 1,8 otherwise].")
 @click.option("--provider", type=PROVIDER, default="auto", show_default=True)

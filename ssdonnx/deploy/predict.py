@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SSDConfig, get_config
+from ..config import SSDConfig, get_config, read_class_names
 from ..errors import InputError, OnnxFileError
 from ..pictures import read_picture
 
@@ -57,15 +57,9 @@ def class_names(labels, cfg: SSDConfig) -> list[str]:
     elif str(labels) in NAMED_LABELS:
         names = list(get_config(NAMED_LABELS[str(labels)]).class_names)
     else:
-        path = Path(labels)
-        if not path.is_file():
+        if not Path(labels).is_file():
             raise InputError(f"labels {str(labels)!r}: expected voc, coco or a text file")
-        try:
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"labels {path}: cannot read it ({exc})") from None
-        if names and names[0].upper() == "BACKGROUND":
-            names = names[1:]
+        names = list(read_class_names(labels))
     if len(names) != cfg.num_classes - 1:
         raise InputError(f"labels: {len(names)} names for the model's {cfg.num_classes - 1} "
                          "foreground classes")

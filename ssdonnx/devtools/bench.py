@@ -204,48 +204,81 @@ BENCH_CALIBRATION = 16
 
 def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto",
                    progress=print, int8=False) -> list[Timing]:
-    """The whole detector: eager PyTorch (baseline), onnxruntime; with ``int8`` also the
-    int8 detector on onnxruntime's CPU provider, and a second table of int8 against
-    float32 onnxruntime on the CPU (baseline), measured in the same run."""
-    cfg = get_config(config)
-    detector = build_graph("detector", cfg)
+    """Whole detectors: eager PyTorch (baseline), onnxruntime; with ``int8`` also the
+    int8 detector on onnxruntime's CPU provider and a table of int8 against float32
+    onnxruntime on the CPU. ``config``: one name, or several joined by commas, which
+    are then timed in the same turns and compared on onnxruntime (CPU, float32) against
+    the first."""
+    cfgs = [get_config(c) for c in str(config).split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "detector.onnx"
-        onnx.save_model(graph_proto("detector", cfg), path)
-        sess = Session(path, provider, spinning=False)
-        cpu = Session(path, "cpu", spinning=False) if int8 else None
-        if int8:
-            from ..training.shapes import write_shapes
+        runs = []
+        for cfg in cfgs:
+            path = Path(tmp) / f"{cfg.name}.onnx"
+            onnx.save_model(graph_proto("detector", cfg), path)
+            run = {"cfg": cfg, "eager": build_graph("detector", cfg),
+                   "sess": Session(path, provider, spinning=False),
+                   "cpu": Session(path, "cpu", spinning=False)}
+            if int8:
+                from ..training.shapes import write_shapes
 
-            progress(f"int8 detector, calibrated on {BENCH_CALIBRATION} generated pictures")
-            pictures = write_shapes(Path(tmp) / "calibration", 0, BENCH_CALIBRATION)
-            int8 = export("detector", Path(tmp) / "int8.onnx", cfg, calibration=pictures,
-                          verify_file=False)
-            quantized = Session(int8.path, "cpu", spinning=False)
+                progress(f"{cfg.name}: int8 detector, calibrated on {BENCH_CALIBRATION} "
+                         "generated pictures")
+                pictures = write_shapes(Path(tmp) / "calibration", 0, BENCH_CALIBRATION,
+                                        force=True)
+                quantized = export("detector", Path(tmp) / f"{cfg.name}-int8.onnx", cfg,
+                                   calibration=pictures, verify_file=False)
+                run["int8"] = Session(quantized.path, "cpu", spinning=False)
+            runs.append(run)
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for b in batches:
-            images = example_inputs("detector", cfg, b, seed=b)["images"]
-            progress(f"detector B={b}")
-            impls = [(f"pytorch eager {device}",
-                      partial(_eager, detector.to(device), images.to(device)))
-                     for device in devices]
-            impls.append((f"onnxruntime {sess.provider}", partial(sess.run, images=images)))
-            if int8:
-                if sess.provider != "cpu":
-                    impls.append(("onnxruntime cpu", partial(cpu.run, images=images)))
-                impls.append(("onnxruntime cpu int8", partial(quantized.run, images=images)))
-            measured = timings("detector", b, impls, repeat)
-            rows += measured
-            if int8:   # the same measurements, int8 against float32 on the CPU
-                by_impl = {r.impl: r for r in measured}
-                rows += [Timing(**{**asdict(by_impl["onnxruntime cpu"]),
-                                   "bench": "int8 vs float32", "impl": "onnxruntime cpu float32"}),
-                         Timing(**{**asdict(by_impl["onnxruntime cpu int8"]),
-                                   "bench": "int8 vs float32"})]
-    rows = _ratios([r for r in rows if r.bench == "detector"], "pytorch eager cpu") + \
-        _ratios([r for r in rows if r.bench != "detector"], "onnxruntime cpu float32")
-    return sorted(rows, key=lambda r: (r.bench != "detector", r.batch))
+            progress(f"detectors B={b}")
+            impls, labels = [], {}
+            for run in runs:
+                name = run["cfg"].name
+                images = example_inputs("detector", run["cfg"], b, seed=b)["images"]
+                group = f"detector {name}"
+                for device in devices:
+                    impls.append((f"{name} pytorch eager {device}",
+                                  partial(_eager, run["eager"].to(device), images.to(device))))
+                    labels[impls[-1][0]] = (group, f"pytorch eager {device}")
+                impls.append((f"{name} onnxruntime {run['sess'].provider}",
+                              partial(run["sess"].run, images=images)))
+                labels[impls[-1][0]] = (group, f"onnxruntime {run['sess'].provider}")
+                if run["sess"].provider != "cpu":
+                    impls.append((f"{name} onnxruntime cpu", partial(run["cpu"].run,
+                                                                      images=images)))
+                    labels[impls[-1][0]] = (group, "onnxruntime cpu")
+                if int8:
+                    impls.append((f"{name} onnxruntime cpu int8",
+                                  partial(run["int8"].run, images=images)))
+                    labels[impls[-1][0]] = (group, "onnxruntime cpu int8")
+            measured = {r.impl: r for r in timings("detector", b, impls, repeat)}
+            for impl, (group, label) in labels.items():
+                rows.append(Timing(**{**asdict(measured[impl]), "bench": group, "impl": label}))
+            for run in runs:
+                name = run["cfg"].name
+                cpu = measured[f"{name} onnxruntime cpu"]
+                if int8:
+                    rows += [Timing(**{**asdict(cpu), "bench": f"int8 vs float32 {name}",
+                                       "impl": "onnxruntime cpu float32"}),
+                             Timing(**{**asdict(measured[f"{name} onnxruntime cpu int8"]),
+                                       "bench": f"int8 vs float32 {name}",
+                                       "impl": "onnxruntime cpu int8"})]
+                if len(runs) > 1:
+                    rows.append(Timing(**{**asdict(cpu), "bench": "networks, onnxruntime cpu",
+                                          "impl": name}))
+    out = []
+    for bench in dict.fromkeys(r.bench for r in rows):
+        group = [r for r in rows if r.bench == bench]
+        baseline = ("pytorch eager cpu" if bench.startswith("detector") else
+                    "onnxruntime cpu float32" if bench.startswith("int8") else cfgs[0].name)
+        out += _ratios(group, baseline)
+    def rank(bench):
+        return (0 if bench.startswith("detector") else 1 if bench.startswith("networks")
+                else 2, [c.name for c in cfgs].index(bench.rsplit(" ", 1)[-1])
+                if bench.rsplit(" ", 1)[-1] in [c.name for c in cfgs] else 0)
+    return sorted(out, key=lambda r: (rank(r.bench), r.batch))
 
 
 def machine() -> str:
