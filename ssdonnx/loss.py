@@ -16,24 +16,33 @@ from .matching import match, pad_targets
 # Bisection steps of the exact k-th largest: the order-preserving integer keys of floats
 # >= 0 (their IEEE bit patterns) lie in [0, 2^31).
 KEY_BITS = 31
+# Keys below this (subnormal floats) count as 0; every normal float is at least 2^-126.
+NORMAL_KEY = 1 << 23
+SMALLEST_NORMAL = 2.0 ** -126
+
+
+def _threshold(key: Tensor) -> Tensor:
+    """The float whose bit pattern is ``key`` (int64 >= 0), the smallest normal float
+    for a subnormal key: a value is >= it exactly when its key is >= ``key``."""
+    normal = key.clamp(NORMAL_KEY, 0x7F7FFFFF).to(torch.int32).view(torch.float32)
+    return torch.where(key < NORMAL_KEY, SMALLEST_NORMAL, normal)
 
 
 def kth_largest_by_bisection(values: Tensor, k: Tensor) -> Tensor:
     """The k-th largest of each row of ``values`` >= 0, found with no sort and no size
     read from the data: a bisection over the values' IEEE bit patterns (which order
-    non-negative floats as their values), ``KEY_BITS`` fixed steps of compare-and-count
-    over [B, N]. values [B, N], k int64 [B, 1] in 1..N -> [B, 1]. Exact, ties included
-    (-0.0 and subnormal values count as 0, which no cross-entropy is)."""
-    # Below the smallest normal float counts as 0, as in the ONNX translation.
-    keys = torch.where(values >= 2.0 ** -126, values, 0.0).view(torch.int32).to(torch.int64)
-    lo = torch.zeros_like(k)                      # count(keys >= lo) >= k always
-    hi = torch.full_like(k, 1 << KEY_BITS)        # count(keys >= hi) < k always
+    non-negative floats as their values), ``KEY_BITS`` fixed steps, each a compare and
+    count over [B, N] against the float whose pattern is the step's midpoint. values
+    [B, N], k int64 [B, 1] in 1..N -> [B, 1]. Exact, ties included (-0.0 and subnormal
+    values count as 0, which no cross-entropy is)."""
+    lo = torch.zeros_like(k)                      # count(values >= key lo) >= k always
+    hi = torch.full_like(k, 1 << KEY_BITS)        # count(values >= key hi) < k always
     for _ in range(KEY_BITS):
         mid = (lo + hi) // 2
-        enough = (keys >= mid).sum(1, keepdim=True) >= k
+        enough = (values >= _threshold(mid)).sum(1, keepdim=True) >= k
         lo = torch.where(enough, mid, lo)
         hi = torch.where(enough, hi, mid)
-    return lo.to(torch.int32).view(torch.float32)       # the k-th largest key's value
+    return torch.where(lo == 0, 0.0, _threshold(lo))     # the k-th largest value
 
 
 def kth_largest_kernel(values: Tensor, k: Tensor) -> Tensor:
@@ -70,53 +79,43 @@ _POWERS_OF_TWO = [2.0 ** e for e in range(-126, 128)]
 
 def kth_largest_onnx(values, k):
     """ONNX translation of ``ssdonnx::kth_largest``: ``kth_largest_by_bisection``. ONNX
-    has no bit cast, so each value's bit pattern is built from its exponent (log2,
-    corrected exactly against a table of powers of two) and its mantissa (value over
-    that power, exact); values below the smallest normal float count as 0. No TopK: a
-    TopK of all N was the loss graph's slowest node, and one whose K came from the data
-    would be read on the host by onnxruntime's CUDA provider on every run."""
+    has no bit cast, so each step's threshold, the float whose bit pattern is the
+    midpoint key [B, 1], is built from the key's exponent (a table of powers of two) and
+    mantissa, exactly. No TopK: a TopK of all N was the loss graph's slowest node, and
+    one whose K came from the data would be read on the host by onnxruntime's CUDA
+    provider on every run."""
     from onnx import TensorProto
     from onnxscript import opset18 as op   # only when exporting: it costs seconds
 
-    INT64, FLOAT = TensorProto.INT64, TensorProto.FLOAT
-    x = values
+    FLOAT = TensorProto.FLOAT
     n = op.Shape(values, start=1, end=2)                                       # [1]
     k = op.Min(op.Max(k, op.Constant(value_int=1)), n)                         # [B, 1]
-    normal = op.Greater(x, op.Constant(value_float=2.0 ** -126))               # [B, N]
-    safe = op.Where(normal, x, op.Constant(value_float=1.0))
+    wanted = op.Cast(k, to=FLOAT)                # counts up to N < 2^24 are exact floats
     powers = op.Constant(value_floats=_POWERS_OF_TWO)                          # [254]
-    low, high = op.Constant(value_float=-126.0), op.Constant(value_float=127.0)
+    step = op.Constant(value_int=NORMAL_KEY)
+    one = op.Constant(value_float=1.0)
 
-    def power(e):
-        return op.Gather(powers, op.Cast(op.Sub(e, low), to=INT64))
+    def threshold(key):                                                        # [B, 1]
+        exponent = op.Clip(op.Div(key, step), op.Constant(value_int=1),
+                           op.Constant(value_int=254))                         # biased
+        fraction = op.Div(op.Cast(op.Mod(key, step), to=FLOAT),
+                          op.Constant(value_float=float(NORMAL_KEY)))           # [0, 1)
+        power = op.Gather(powers, op.Sub(exponent, op.Constant(value_int=1)))
+        normal = op.Mul(power, op.Add(one, fraction))                          # exact
+        return op.Where(op.Less(key, step), op.Constant(value_float=SMALLEST_NORMAL),
+                        normal)
 
-    e = op.Clip(op.Floor(op.Div(op.Log(safe), op.Constant(value_float=0.6931471805599453))),
-                low, high)                            # log2, perhaps one off near 2^e
-    e = op.Clip(op.Sub(e, op.Cast(op.Less(safe, power(e)), to=FLOAT)), low, high)
-    p = power(e)
-    e = op.Clip(op.Add(e, op.Cast(op.GreaterOrEqual(safe, op.Mul(p, op.Constant(
-        value_float=2.0))), to=FLOAT)), low, high)
-    p = power(e)                                                               # 2^e <= x < 2^(e+1)
-    scale = op.Constant(value_float=float(1 << 23))
-    mantissa = op.Clip(op.Mul(op.Sub(op.Div(safe, p), op.Constant(value_float=1.0)), scale),
-                       op.Constant(value_float=0.0), op.Constant(value_float=float((1 << 23) - 1)))
-    key = op.Add(op.Mul(op.Cast(op.Sub(e, op.Sub(low, op.Constant(value_float=1.0))),
-                                to=INT64), op.Constant(value_int=1 << 23)),
-                 op.Cast(mantissa, to=INT64))                            # bit pattern
-    key = op.Where(normal, key, op.Constant(value_int=0))                      # [B, N]
     lo = op.Mul(k, op.Constant(value_int=0))                                   # [B, 1]
     hi = op.Add(lo, op.Constant(value_int=1 << KEY_BITS))
     axes = op.Constant(value_ints=[1])
     for _ in range(KEY_BITS):
         mid = op.Div(op.Add(lo, hi), op.Constant(value_int=2))
-        count = op.ReduceSum(op.Cast(op.GreaterOrEqual(key, mid), to=INT64), axes,
-                             keepdims=1)
-        enough = op.GreaterOrEqual(count, k)
+        above = op.Cast(op.GreaterOrEqual(values, threshold(mid)), to=FLOAT)   # [B, N]
+        enough = op.GreaterOrEqual(op.ReduceSum(above, axes, keepdims=1), wanted)
         lo = op.Where(enough, mid, lo)
         hi = op.Where(enough, hi, mid)
-    value = op.Where(normal, x, op.Constant(value_float=0.0))
-    found = op.Where(op.Equal(key, lo), value, op.Constant(value_float=float("-inf")))
-    return op.ReduceMax(found, axes, keepdims=1)                               # [B, 1]
+    return op.Where(op.Equal(lo, op.Constant(value_int=0)), op.Constant(value_float=0.0),
+                    threshold(lo))                                             # [B, 1]
 
 
 ONNX_TRANSLATIONS = {torch.ops.ssdonnx.kth_largest.default: kth_largest_onnx}

@@ -145,7 +145,7 @@ def test_the_graphs_guards_are_the_known_ones(exported):
     assert small_constants(exported["model"]) == {eps: {"Clip"}}
     assert small_constants(exported["detector"]) == {eps: {"Clip"}}
     assert small_constants(exported["loss"]) == {float(np.float32(ENCODE_MIN_SIZE)): {"Where"},
-                                                 float(np.float32(2.0 ** -126)): {"Greater"}}
+                                                 float(np.float32(2.0 ** -126)): {"Where"}}
 
 
 def test_exported_network_is_finite_and_equal_on_flat_pictures(exported):
