@@ -330,13 +330,13 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
             nn.utils.clip_grad_value_(net.parameters(), GRAD_CLIP)
             scaler.step(optimizer)
             scaler.update()
-            sums[0] += float(loss_l.detach()) * len(images)
-            sums[1] += float(loss_c.detach()) * len(images)
+            step_l, step_c = float(loss_l.detach()), float(loss_c.detach())
+            sums[0] += step_l * len(images)
+            sums[1] += step_c * len(images)
             n_images += len(images)
             if progress and rank == 0:
                 progress(len(images) * world, total=len(dataset), epoch=epoch + 1,
-                         loss_l=float(loss_l.detach()),
-                         loss_c=float(loss_c.detach()),
+                         loss_l=step_l, loss_c=step_c,
                          rate=n_images * world / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
