@@ -251,8 +251,8 @@ def config_for(config=None, weights=None, labels=None) -> SSDConfig:
     if carried is not None:
         if config is not None:
             given = get_config(config)
-            if dataclasses.replace(given, name=carried.name, class_names=carried.class_names) \
-                    != carried:
+            if dataclasses.replace(given, name=carried.name, num_classes=carried.num_classes,
+                                   class_names=carried.class_names) != carried:
                 raise CheckpointError(f"checkpoint {str(weights)!r} was trained as "
                                       f"{carried.name} ({carried.network}, "
                                       f"{carried.num_classes} classes); --config {given.name} "

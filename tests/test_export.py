@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ssdonnx
+from ssdonnx.config import with_classes
 from ssdonnx.deploy.onnxfile import read_info
 from ssdonnx.deploy.graphs import LossGraph, build_graph
 from ssdonnx.deploy.parity import LOSS_ATOL, LOSS_RTOL, Case, check_parity
@@ -109,6 +110,25 @@ def test_export_with_a_checkpoint(tmp_path):
     assert all(r.passed for r in check_parity(info, sess, weights, cases=[Case(2)]))
     with pytest.raises(ValueError, match="exported from a checkpoint; pass the same"):
         check_parity(info, sess, None)
+
+
+def test_export_from_python_takes_a_trained_checkpoints_config(tmp_path):
+    # A checkpoint of `ssdonnx train` carries its config: the library's export needs no
+    # config for it, as the command line does not (ssd300-voc would not fit it).
+    cfg = with_classes(ssdonnx.get_config("ssd-shapes"), ["cat", "dog"])
+    net = ssdonnx.build_model(cfg)
+    weights = tmp_path / "run-epoch1.pth"
+    torch.save({"model": net.state_dict(), "config": cfg.to_json(), "epoch": 1}, weights)
+    done = ssdonnx.export("detector", tmp_path / "detector.onnx", weights=weights)
+    assert done.config == cfg and done.check.passed
+    assert read_info(done.path).config.class_names == ("cat", "dog")
+    # The preset it was trained from names the same network (its classes are the run's).
+    same = ssdonnx.export("detector", tmp_path / "same.onnx", "ssd-shapes", weights,
+                          verify_file=False)
+    assert same.config == cfg
+    with pytest.raises(ssdonnx.CheckpointError, match="leave --config out"):
+        ssdonnx.export("detector", tmp_path / "other.onnx", "ssd300-voc", weights)
+    assert not (tmp_path / "other.onnx").exists()
 
 
 def small_constants(path) -> dict[float, set[str]]:

@@ -62,7 +62,6 @@ def export(kind, config, weights, labels, output, layout, opset, force, no_verif
     """
     from ..deploy.export import export as export_one
     from ..deploy.export import export_all
-    from ..model import config_for
 
     if int8 and kind != "detector":
         raise UsageError(f"--int8 is for `export detector`, not `export {kind}`")
@@ -73,9 +72,8 @@ def export(kind, config, weights, labels, output, layout, opset, force, no_verif
         if kind != "detector" or int8:
             raise UsageError("--layout jetson is for `export detector` (float32)")
         kind = "jetson"
-    config = config_for(config, weights, labels)
     if kind == "all":
-        export_all(output, config, weights, opset=opset, force=force,
+        export_all(output, config, weights, labels=labels, opset=opset, force=force,
                    verify_file=not no_verify, log=log)
         return
     from pathlib import Path
@@ -86,7 +84,8 @@ def export(kind, config, weights, labels, output, layout, opset, force, no_verif
                          "`export all`")
     bar = LazyBar("calibrating on")
     try:
-        done = export_one(kind, output, config, weights, opset=opset, force=force,
+        done = export_one(kind, output, config, weights, labels=labels, opset=opset,
+                          force=force,
                           verify_file=not no_verify, calibration=calibration,
                           calibration_images=calibration_images, log=log, progress=bar)
     finally:

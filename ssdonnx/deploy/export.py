@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SSDConfig, get_config
+from ..config import SSDConfig
 from ..errors import InputError, OutputError, ParityError
+from ..model import config_for
 from . import files
 from .graphs import DEFAULT_OPSET, check_opset
 from .onnxfile import ALL_KINDS, KINDS
@@ -51,15 +52,18 @@ def _check_options(kind: str, calibration, int8_needs_detector: bool = True) -> 
         raise InputError(f"calibration: int8 quantization is for the detector, not {kind}")
 
 
-def export(kind: str, output=None, config: str | SSDConfig = "ssd300-voc", weights=None,
-           *, opset: int = DEFAULT_OPSET, force: bool = False, verify_file: bool = True,
-           thresholds: dict | None = None, calibration=None,
+def export(kind: str, output=None, config: str | SSDConfig | None = None, weights=None,
+           *, labels=None, opset: int = DEFAULT_OPSET, force: bool = False,
+           verify_file: bool = True, thresholds: dict | None = None, calibration=None,
            calibration_images: int | None = None, log=None, progress=None) -> Exported:
     """Export one graph (``model``, ``detector``, ``loss`` or ``jetson``: the detector in
     jetson-inference's layout) to ``output`` and check it.
 
     output: the .onnx file [default: models/<config>/<kind>.onnx under the current
-    folder]. weights: a checkpoint for the network (model, detector). ``calibration``
+    folder]. weights: a checkpoint for the network (model, detector). config: a preset,
+    JSON file or SSDConfig [default: the one a checkpoint of ``ssdonnx train`` carries,
+    else ``ssd300-voc`` with the class count of the checkpoint's heads; see
+    ``model.config_for``, which also takes ``labels``, the class names]. ``calibration``
     (a folder of pictures or a VOC-layout data set) makes an int8 detector
     (``ssdonnx.deploy.quantize``), checked by agreement with float32 instead of parity.
     ``verify_file=False`` skips the checks. ``log(message)`` hears each step;
@@ -70,7 +74,7 @@ def export(kind: str, output=None, config: str | SSDConfig = "ssd300-voc", weigh
     """
     _check_options(kind, calibration)
     check_opset(opset)
-    cfg = get_config(config)
+    cfg = config_for(config, weights, labels)
     output = files.check_destination(output if output is not None
                                      else default_output(kind, cfg), force)
     pictures = None
@@ -112,17 +116,18 @@ def _export_checked(kind, cfg, output, weights, opset, verify_file, thresholds,
                     time.perf_counter() - t0, check)
 
 
-def export_all(folder=None, config: str | SSDConfig = "ssd300-voc", weights=None, *,
-               opset: int = DEFAULT_OPSET, force: bool = False, verify_file: bool = True,
-               log=None) -> list[Exported]:
+def export_all(folder=None, config: str | SSDConfig | None = None, weights=None, *,
+               labels=None, opset: int = DEFAULT_OPSET, force: bool = False,
+               verify_file: bool = True, log=None) -> list[Exported]:
     """The network, the detector and the loss into ``folder`` [default:
-    models/<config>/] as model.onnx, detector.onnx and loss.onnx, each checked.
+    models/<config>/] as model.onnx, detector.onnx and loss.onnx, each checked
+    (``config``, ``weights`` and ``labels`` as for ``export``).
 
     Every destination is checked before any work. A graph that fails its check is not
     written, the others are; ``ParityError`` then names the failed ones.
     """
     check_opset(opset)
-    cfg = get_config(config)
+    cfg = config_for(config, weights, labels)
     folder = Path(folder) if folder is not None else default_output("model", cfg).parent
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--output {folder} is a file; for `export all` it is the folder "
