@@ -67,16 +67,18 @@ def fake_detector(path, rows):
     return path
 
 
-@pytest.mark.parametrize("bad, what", [((0.1, 0.1, 0.5, 0.5, 0.9, 99.0), "class outside"),
-                                       ((0.1, 0.1, np.inf, 0.5, 0.9, 1.0), "non-finite")])
-def test_detections_outside_the_contract_are_refused(tmp_path, bad, what):
+@pytest.mark.parametrize("bad, what, shown", [
+    ((0.1, 0.1, 0.5, 0.5, 0.9, 99.0), "class outside", "99.0]]"),
+    ((0.1, 0.1, 0.5, 0.5, 0.9, 1.5), "class outside", "1.5]]"),
+    ((0.1, 0.1, np.inf, 0.5, 0.9, 1.0), "non-finite", "inf")])
+def test_detections_outside_the_contract_are_refused(tmp_path, bad, what, shown):
     rows = np.tile(np.float32([0, 0, 0, 0, 0, -1]), (200, 1))
     rows[0] = bad
     path = fake_detector(tmp_path / "fake.onnx", rows[:1].tolist() + rows[1:].tolist())
     # (the count says 200 rows are real: they must all be valid)
     Image.new("RGB", (40, 30)).save(tmp_path / "p.png")
     assert_input_error(invoke("detect", path, tmp_path / "p.png", "--out", tmp_path / "out",
-                              "--score", "0"), "outside its contract", what)
+                              "--score", "0"), "outside its contract", what, shown)
     assert not (tmp_path / "out" / "detections.json").exists()
 
 

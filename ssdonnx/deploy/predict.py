@@ -133,13 +133,13 @@ class Detector:
         out = [d[: int(n)] for d, n in zip(dets, num)]
         for rows in out:
             classes = rows[:, 5]
-            if not np.isfinite(rows).all() or \
-                    ((classes < 1) | (classes > self.config.num_classes - 1)
-                     | (classes != np.round(classes))).any():
+            bad = ~np.isfinite(rows).all(1) | (classes < 1) \
+                | (classes > self.config.num_classes - 1) | (classes != np.round(classes))
+            if bad.any():
                 raise OnnxFileError(
                     f"{self.path} gave a detection outside its contract (non-finite values, "
                     f"or a class outside 1..{self.config.num_classes - 1}): "
-                    f"{rows[~np.isfinite(rows).all(1) | (classes < 1)][:1].tolist()}")
+                    f"{rows[bad][:1].tolist()}")
         return out
 
     def preprocess(self, pictures) -> np.ndarray:
