@@ -7,10 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import SEED_MEAN_RGB
 from .errors import InputError, InputTypeError
-
-# The seed's colour mean, in its BGR order (ssd.pytorch / pytorch_advanced: 104, 117, 123).
-MEAN_BGR = (104.0, 117.0, 123.0)
 
 
 def to_rgb(image):
@@ -27,7 +25,7 @@ def to_rgb(image):
 
 
 def preprocess(image, size: int | None = 300, bgr: bool = False,
-               mean=MEAN_BGR[::-1], std=(1.0, 1.0, 1.0)) -> Tensor:
+               mean=SEED_MEAN_RGB, std=(1.0, 1.0, 1.0)) -> Tensor:
     """An image -> Tensor[3, size, size] float32, as the seed feeds its network.
 
     The seed reads BGR images (OpenCV), resizes them bilinearly to the input size,

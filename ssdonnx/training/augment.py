@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..transforms import MEAN_BGR
+from ..config import SEED_MEAN_RGB
 
 # Photometric distortion (ssd.pytorch PhotometricDistort; the paper's sec. 2.2 cites
 # Howard's photo-metric distortions): each change is applied with probability 1/2.
@@ -29,7 +29,7 @@ HUE_DELTA = 18.0                  # HSV hue shifted, in degrees
 # its side, filled with the mean colour, so that objects become small.
 EXPAND_PROB = 0.5
 EXPAND_MAX_RATIO = 4.0
-MEAN_RGB = MEAN_BGR[::-1]
+MEAN_RGB = SEED_MEAN_RGB
 # Random sample crop (paper sec. 2.2): keep the whole image, or sample a patch whose IoU
 # with some object is at least 0.1, 0.3, 0.5, 0.7 or 0.9 (the SSD authors' Caffe
 # SatisfySampleConstraint, also torchvision's RandomIoUCrop), or any patch (0.0).
