@@ -173,10 +173,11 @@ def test_exported_network_is_finite_and_equal_on_flat_pictures(exported):
     # features at conv4_3: PyTorch's L2Norm divides 0 by its epsilon, and so must ONNX.
     from ssdonnx.deploy.parity import NETWORK_ATOL, NETWORK_RTOL, flat_pictures
 
-    images = flat_pictures(4, 300)
+    cfg = ssdonnx.get_config("ssd300-voc")
+    images = flat_pictures(4, cfg)
     out = Session(exported["model"], "cpu").run(images=images)
     with torch.no_grad():
-        ref = build_graph("model", ssdonnx.get_config("ssd300-voc"))(images)
+        ref = build_graph("model", cfg)(images)
     for name, r in zip(("loc", "conf"), ref):
         assert np.isfinite(out[name]).all(), name
         np.testing.assert_allclose(out[name], r.numpy(), rtol=NETWORK_RTOL, atol=NETWORK_ATOL)

@@ -96,6 +96,13 @@ def build_graph(kind: str, cfg: SSDConfig, weights=None, thresholds: dict | None
     raise InputError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
 
 
+def normalised(pixels: Tensor, cfg: SSDConfig) -> Tensor:
+    """Pixel values 0..255 [..., 3, S, S] as the network of ``cfg`` takes them: minus
+    its pixel mean, over its pixel std (``transforms.preprocess_for``'s arithmetic)."""
+    mean = torch.tensor(cfg.pixel_mean).view(3, 1, 1)
+    return (pixels - mean) / torch.tensor(cfg.pixel_std).view(3, 1, 1)
+
+
 def example_inputs(kind: str, cfg: SSDConfig, batch: int = 2, objects: int = 3,
                    seed: int = 0) -> dict[str, Tensor]:
     """Random inputs for a graph: images like pre-processed photos; for the loss, network
@@ -104,9 +111,7 @@ def example_inputs(kind: str, cfg: SSDConfig, batch: int = 2, objects: int = 3,
     if kind in ("model", "detector", "jetson"):
         S = cfg.input_size
         pixels = torch.rand(batch, 3, S, S, generator=gen) * 255
-        mean = torch.tensor(cfg.pixel_mean).view(3, 1, 1)
-        images = (pixels - mean) / torch.tensor(cfg.pixel_std).view(3, 1, 1)
-        return {INPUT_NAMES[kind][0]: images}
+        return {INPUT_NAMES[kind][0]: normalised(pixels, cfg)}
     P, C = cfg.num_priors, cfg.num_classes
     loc = torch.randn(batch, P, 4, generator=gen)
     conf = torch.randn(batch, P, C, generator=gen) * 2

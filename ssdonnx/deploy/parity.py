@@ -11,7 +11,7 @@ import torch
 
 from ..errors import InputError, OnnxFileError
 from .files import file_sha256
-from .graphs import build_graph, example_inputs
+from .graphs import build_graph, example_inputs, normalised
 from .onnxfile import INPUT_NAMES, OUTPUT_NAMES, GraphInfo, check_runnable, load_proto, read_info
 
 # Network outputs: float32 convolutions in a different kernel order (oneDNN in PyTorch,
@@ -64,20 +64,17 @@ def cases_for(kind: str, batch: int | None = None, pictures=None) -> list[Case]:
     return cases
 
 
-def flat_pictures(batch: int, size: int, seed: int = 0, mean=None, std=None) -> torch.Tensor:
-    """Pre-processed pictures without texture, [B, 3, S, S]: the mean colour (all zeros
-    after ``preprocess``), black, white, and the mean colour on the left half of a
-    random picture, in turn. Where a network's features are all zero, guards such as
-    L2Norm's epsilon decide the output."""
-    from ..config import SEED_MEAN_RGB
-
-    mean = torch.tensor(mean or SEED_MEAN_RGB).view(3, 1, 1)
-    std = torch.tensor(std or (1.0, 1.0, 1.0)).view(3, 1, 1)
+def flat_pictures(batch: int, cfg, seed: int = 0) -> torch.Tensor:
+    """Pictures without texture as the network of ``cfg`` takes them, [B, 3, S, S]: the
+    mean colour (all zeros after pre-processing), black, white, and the mean colour on
+    the left half of a random picture, in turn. Where a network's features are all zero,
+    guards such as L2Norm's epsilon decide the output."""
+    S = cfg.input_size
     gen = torch.Generator().manual_seed(seed)
-    half = (torch.rand(3, size, size, generator=gen) * 255 - mean) / std
-    half[:, :, : size // 2] = 0
-    kinds = [torch.zeros(3, size, size), ((0 - mean) / std).expand(3, size, size),
-             ((255 - mean) / std).expand(3, size, size), half]
+    half = normalised(torch.rand(3, S, S, generator=gen) * 255, cfg)
+    half[:, :, : S // 2] = 0
+    kinds = [torch.zeros(3, S, S), normalised(torch.zeros(3, S, S), cfg),
+             normalised(torch.full((3, S, S), 255.0), cfg), half]
     return torch.stack([kinds[i % len(kinds)] for i in range(batch)]).contiguous()
 
 
@@ -85,8 +82,7 @@ def case_inputs(case: Case, kind: str, cfg, seed: int) -> dict[str, torch.Tensor
     inputs = example_inputs(kind, cfg, case.batch, max(case.objects, 1), seed=seed)
     picture_input = INPUT_NAMES[kind][0]
     if case.inputs == "flat":
-        inputs[picture_input] = flat_pictures(case.batch, cfg.input_size, seed, cfg.pixel_mean,
-                                              cfg.pixel_std)
+        inputs[picture_input] = flat_pictures(case.batch, cfg, seed)
     elif case.inputs == "pictures":
         from ..pictures import load_batch
 
