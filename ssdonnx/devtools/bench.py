@@ -235,24 +235,21 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
             progress(f"detectors B={b}")
             impls, labels = [], {}
             for run in runs:
-                name = run["cfg"].name
+                name, sess = run["cfg"].name, run["sess"]
                 images = example_inputs("detector", run["cfg"], b, seed=b)["images"]
-                group = f"detector {name}"
-                for device in devices:
-                    impls.append((f"{name} pytorch eager {device}",
-                                  partial(_eager, run["eager"].to(device), images.to(device))))
-                    labels[impls[-1][0]] = (group, f"pytorch eager {device}")
-                impls.append((f"{name} onnxruntime {run['sess'].provider}",
-                              partial(run["sess"].run, images=images)))
-                labels[impls[-1][0]] = (group, f"onnxruntime {run['sess'].provider}")
-                if run["sess"].provider != "cpu":
-                    impls.append((f"{name} onnxruntime cpu", partial(run["cpu"].run,
-                                                                      images=images)))
-                    labels[impls[-1][0]] = (group, "onnxruntime cpu")
+                candidates = [(f"pytorch eager {device}",
+                               partial(_eager, run["eager"].to(device), images.to(device)))
+                              for device in devices]
+                candidates.append((f"onnxruntime {sess.provider}",
+                                   partial(sess.run, images=images)))
+                if sess.provider != "cpu":
+                    candidates.append(("onnxruntime cpu", partial(run["cpu"].run, images=images)))
                 if int8:
-                    impls.append((f"{name} onnxruntime cpu int8",
-                                  partial(run["int8"].run, images=images)))
-                    labels[impls[-1][0]] = (group, "onnxruntime cpu int8")
+                    candidates.append(("onnxruntime cpu int8",
+                                       partial(run["int8"].run, images=images)))
+                for label, fn in candidates:
+                    impls.append((f"{name} {label}", fn))
+                    labels[f"{name} {label}"] = (f"detector {name}", label)
             measured = {r.impl: r for r in timings("detector", b, impls, repeat)}
             for impl, (group, label) in labels.items():
                 rows.append(Timing(**{**asdict(measured[impl]), "bench": group, "impl": label}))
@@ -274,11 +271,13 @@ def bench_detector(config="ssd300-voc", batches=(1, 8), repeat=5, provider="auto
         baseline = ("pytorch eager cpu" if bench.startswith("detector") else
                     "onnxruntime cpu float32" if bench.startswith("int8") else cfgs[0].name)
         out += _ratios(group, baseline)
-    def rank(bench):
-        return (0 if bench.startswith("detector") else 1 if bench.startswith("networks")
-                else 2, [c.name for c in cfgs].index(bench.rsplit(" ", 1)[-1])
-                if bench.rsplit(" ", 1)[-1] in [c.name for c in cfgs] else 0)
-    return sorted(out, key=lambda r: (rank(r.bench), r.batch))
+    order = {c.name: i for i, c in enumerate(cfgs)}
+
+    def rank(r: Timing):    # detectors, then networks, then int8; configs as given
+        kind = 0 if r.bench.startswith("detector") else 1 if r.bench.startswith("networks") \
+            else 2
+        return kind, order.get(r.bench.rsplit(" ", 1)[-1], 0), r.batch
+    return sorted(out, key=rank)
 
 
 def machine() -> str:
