@@ -5,7 +5,7 @@ COCO authors' evaluator: ``pip install ssdonnx[coco]``), from VOC or COCO data a
 The two agree where they measure the same thing: COCO's AP50 and the VOC area AP are
 both the area under the precision envelope at IoU 0.5; COCO samples it at 101 recall
 points and counts a detection of a truth of its class with IoU >= 0.5 once, as VOC does,
-so they differ by the sampling (tests/test_evaluate.py holds them within 0.02).
+so they differ by the sampling (tests/test_own_data.py holds them within 0.02).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def run_detector(detector, dataset: VOCDataset, batch: int = 16, progress=None):
     detections, truths = [], []
     for start in range(0, len(dataset), batch):
         idx = range(start, min(start + batch, len(dataset)))
-        # Pictures and annotations read once each (dataset[i] would parse the XML again).
+        # The annotations were read and checked when the set was opened.
         images = np.stack([dataset.preprocess(dataset.image(i)).numpy() for i in idx])
         detections += detector.predict(images)
         for i in idx:
