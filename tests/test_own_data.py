@@ -216,3 +216,11 @@ def test_train_options_input_size_keep_every_threads_and_sets(photos, tmp_path):
     assert json.loads(state["config"])["input_size"] == 128
     lr = [float(r["lr"]) for r in csv.DictReader((tmp_path / "run" / "log.csv").open())]
     assert lr[2] == pytest.approx(1e-4)            # after the step at epoch 2
+
+
+def test_a_run_needs_a_config_or_a_run_to_resume(tmp_path):
+    result = invoke("train", "--data", tmp_path, "--out", tmp_path / "run", "--epochs", 1)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "a config is needed to start a run (--config)" in result.output
+    assert "--resume" in result.output
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .clikit import PROVIDER, UsageError, finite, log, progress_bar
+from .clikit import PROVIDER, finite, log, progress_bar
 
 DATA_HELP = ("A VOC-layout folder (JPEGImages/ or images/, Annotations/ or annotations/, "
              "ImageSets/Main/*.txt) or a COCO .json file.")
@@ -179,8 +179,6 @@ def train(config, data_root, classes, input_size, image_set, out, force, epochs,
         current.status = f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s"
         current.update(n)
 
-    if config is None and resume is None:
-        raise UsageError("--config is needed to start a run (or --resume to continue one)")
     try:
         run(config, data_root, out, epochs, batch, lr, weights, resume, seed, classes,
             input_size, workers, schedule, warmup, lr_steps, augment, amp, force, image_set,

@@ -253,7 +253,8 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
                              "(with these classes and input size); leave them out to "
                              "continue that run")
     elif config is None:
-        raise InputError("a config is needed to start a run (--config)")
+        raise InputError("a config is needed to start a run (--config), or a run to "
+                         "continue (--resume)")
     else:
         cfg = run_config(config, data, classes, input_size, out, log)
     seed = _resumed(state, "seed", seed, 0)
