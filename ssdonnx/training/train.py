@@ -14,6 +14,7 @@ config (``{"model": state_dict, "config": ..., "epoch": N}``), so ``export``,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -21,6 +22,8 @@ import json
 import math
 import os
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +108,36 @@ def save_checkpoint(obj, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     files.write_bytes(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Ctrl-C during training, taken at the next step boundary: yields ``check()``, which
+    raises KeyboardInterrupt once a SIGINT has come. Python raises KeyboardInterrupt
+    wherever the main thread runs Python code, which in training includes Python called
+    from PyTorch's C++ (custom operators, autograd functions), where it can abort the
+    process instead ("terminate called after throwing ... KeyboardInterrupt", exit -6).
+    A second Ctrl-C interrupts at once. Outside the main thread, or where SIGINT has a
+    handler of the application's, nothing changes (``check`` does nothing)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: None
+        return
+    pending = []
+
+    def note(signum, frame):
+        pending.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def check():
+        if pending:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass(frozen=True)
@@ -226,16 +259,18 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train(config, data, Path(out), epochs, batch, lr, weights, resume, seed,
-                      classes, input_size, workers, schedule, warmup, lr_steps, augment, amp,
-                      force, image_set, val_set, val_every, keep_every, log, progress)
+        with deferred_interrupt() as check_interrupt:
+            return _train(config, data, Path(out), epochs, batch, lr, weights, resume, seed,
+                          classes, input_size, workers, schedule, warmup, lr_steps, augment,
+                          amp, force, image_set, val_set, val_every, keep_every,
+                          check_interrupt, log, progress)
     finally:
         torch.set_num_threads(before)
 
 
 def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes, input_size,
            workers, schedule, warmup, lr_steps, augment, amp, force, image_set, val_set,
-           val_every, keep_every, log, progress) -> list[dict]:
+           val_every, keep_every, check_interrupt, log, progress) -> list[dict]:
     state = {}
     if resume is not None:
         state = read_resume(resume)
@@ -318,6 +353,7 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
         dataset.set_epoch(epoch)
         sums, n_images, t0 = [0.0, 0.0], 0, time.perf_counter()
         for step, (images, targets) in enumerate(loader):
+            check_interrupt()
             for group in optimizer.param_groups:
                 group["lr"] = plan.rate(epoch, step, len(loader), epochs)
             images, targets = images.to(device), targets.to(device)
