@@ -124,6 +124,14 @@ def check_thresholds(conf_thresh, top_k, nms_thresh, max_detections) -> dict:
                                                   MAX_COUNT))
 
 
+def candidates(loc: Tensor, conf: Tensor, dbox: Tensor,
+               variances: tuple[float, float] = (0.1, 0.2)) -> tuple[Tensor, Tensor]:
+    """What the detection head chooses from: boxes [B, P, 4] decoded (x1, y1, x2, y2,
+    not clipped) and the foreground scores [B, C-1, P] (softmax over the C classes)."""
+    scores = conf.float().softmax(-1)[..., 1:].transpose(1, 2)                 # [B, C-1, P]
+    return decode(loc.float(), dbox.float(), variances), scores
+
+
 def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_THRESH,
            top_k: int = TOP_K, nms_thresh: float = NMS_THRESH,
            max_detections: int = MAX_DETECTIONS,
@@ -142,8 +150,7 @@ def detect(loc: Tensor, conf: Tensor, dbox: Tensor, conf_thresh: float = CONF_TH
         check_thresholds(conf_thresh, top_k, nms_thresh, max_detections)
         checks.check_variances(variances)
     B, P, C = conf.shape
-    scores = conf.float().softmax(-1)[..., 1:].transpose(1, 2)                 # [B, C-1, P]
-    boxes = decode(loc.float(), dbox.float(), variances)                       # [B, P, 4]
+    boxes, scores = candidates(loc, conf, dbox, variances)
     k = min(top_k, P)
     cand_scores, cand_idx = scores.topk(k, dim=2)                              # [B, C-1, k]
     cand_idx = cand_idx.reshape(B, (C - 1) * k)
@@ -210,3 +217,8 @@ class SSDDetector(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(*self.model(images))
+
+    def candidates(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The head's candidates for ``images`` (``candidates``): boxes [B, P, 4] and
+        scores [B, C-1, P]."""
+        return candidates(*self.model(images), self.head.dbox, self.head.variances)

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 from ssdonnx.boxes import box_iou, xyxy_to_cxcywh
 from ssdonnx.postprocess import ONNX_TRANSLATIONS, DetectionHead, detect, nms
 from helpers import dbox
-from ssdonnx.deploy.parity import compare_detections
+from ssdonnx.deploy.detection_parity import compare_detections
 from ssdonnx.testing.reference import detect_reference, nm_suppression_reference
 
 BOX_ATOL = 1e-5   # the bar for boxes against the loop reference
@@ -154,5 +154,5 @@ def test_exported_nms_matches_eager_on_crafted_boxes(tmp_path):
     assert out_num.tolist() == num.tolist() == [4, 4, 4]
     # Values from different kernels: matched within the parity tolerance, never with ==
     # (an AVX-512 onnxruntime gave 0.6000000834 where eager gave 0.6000000238).
-    row = compare_detections("crafted", dets.numpy(), num.numpy(), out_dets, out_num)
-    assert row.passed, row
+    found = compare_detections(dets.numpy(), num.numpy(), out_dets, out_num)
+    assert found.passed and found.rows == 12, found
