@@ -8,6 +8,7 @@ sideways is seen upright), transparency composited on white, 16-bit pictures sca
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ from .errors import DataError
 MAX_PICTURE_PIXELS = 89_478_485
 # 16-bit integer modes: scaled to 8 bits by value / 257 (65535 -> 255).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class TruncatedPictureWarning(UserWarning):
+    """A picture file that ends early, read as far as Pillow could decode it."""
 
 
 def readable_suffixes() -> set[str]:
@@ -92,15 +97,31 @@ def read_picture(path):
     """The picture at ``path`` as a PIL RGB image, as ssdonnx's commands see it.
 
     The EXIF orientation is applied; transparency is composited on white; 16-bit grey
-    is scaled to 8 bits. Raises DataError naming the file for a file Pillow cannot read,
-    a truncated one, a picture over ``MAX_PICTURE_PIXELS`` (checked before decoding), a
+    is scaled to 8 bits. A file that ends early (a truncated JPEG, say) is read as far as
+    Pillow can decode it, the rest filled grey, as viewers show it, with a
+    ``TruncatedPictureWarning``. Raises DataError naming the file for a file Pillow
+    cannot read, a picture over ``MAX_PICTURE_PIXELS`` (checked before decoding), a
     32-bit or floating-point picture, or a size of 0.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        return _read_picture(Path(path), truncated=False)
+    except _Truncated:
+        image = _read_picture(Path(path), truncated=True)
+        warnings.warn(TruncatedPictureWarning(
+            f"{path}: the file ends early (truncated); read as far as it goes, the rest "
+            "grey"), stacklevel=2)
+        return image
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _read_picture(path: Path, truncated: bool):
+    from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
     from .transforms import to_rgb
 
-    path = Path(path)
     try:
         with Image.open(path) as image:
             w, h = image.size
@@ -110,7 +131,12 @@ def read_picture(path):
                                 "picture to scale down first")
             if w == 0 or h == 0:
                 raise DataError(f"{path}: the picture is {w} x {h} pixels")
-            image.load()
+            # Pillow's switch is global: set for this load only.
+            before, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, truncated
+            try:
+                image.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = before
             image = ImageOps.exif_transpose(image)
             eight = _to_8bit(image, path)
             if eight is not None:
@@ -123,6 +149,8 @@ def read_picture(path):
                         "decompression bomb, or a picture to scale down first") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not truncated and "truncated" in first:
+            raise _Truncated() from None
         raise DataError(f"{path}: not a readable picture ({first})") from None
 
 

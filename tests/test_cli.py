@@ -50,7 +50,7 @@ def test_verify_passes_and_prints_the_table(exported):
     detections = [row[0] for row in rows if row[1] == "detections"]
     assert detections == ["B=2, seed 4", "B=2, flat pictures"]
     for row in rows:                       # a PASS row's error is within its bound
-        assert row[-1] == "PASS" and float(row[3]) <= 1
+        assert row[-1].startswith("PASS") and float(row[3]) <= 1   # or "PASS (N rows: NMS ties)"
 
 
 def test_parity_rows_report_the_error_against_its_bound():

@@ -253,7 +253,7 @@ def test_pictures_that_cannot_be_read(voc, shapes_detector, tmp_path):
     assert_input_error(invoke("evaluate", shapes_detector, "--data", voc), str(picture),
                        "not a readable picture")
     picture.write_bytes(b"<html>not a picture</html>")
-    # ... in a DataLoader worker: its one-line message, not the worker's traceback
+    # ... refused when the set is opened, before any DataLoader worker: one line
     result = invoke("train", "--config", "ssd-shapes", "--data", voc, "--out", tmp_path / "r",
                     "--image-set", "val", "--workers", "1", "--batch", "4")
     assert_input_error(result, str(picture), "not a readable picture")

@@ -58,6 +58,10 @@ class Annotated:
     detections: int = 0
     seconds: float = 0.0
     pictures: int = 0
+    # Pictures on which nothing reached the score threshold, and the best score seen on
+    # them (None where the detector gave nothing at all).
+    empty: int = 0
+    best_of_empty: float | None = None
 
 
 @dataclass
@@ -119,9 +123,15 @@ def annotate(detector, inputs, out=None, force: bool = False, batch: int = 8,
             for (f, name, im), dets in zip(loaded, found):
                 rows = dets.to_list()
                 report.detections += len(rows)
+                best = None if dets.best_score is None else round(dets.best_score, 4)
                 report.results.append({"image": str(f), "picture": str(name),
                                        "width": dets.width, "height": dets.height,
-                                       "detections": rows})
+                                       "best_score": best, "detections": rows})
+                if not rows:
+                    report.empty += 1
+                    if best is not None and (report.best_of_empty is None
+                                             or best > report.best_of_empty):
+                        report.best_of_empty = best
                 files.make_folder((out / name).parent)
                 with files.atomic_output(out / name, durable=False) as tmp:
                     draw_detections(im, rows).save(tmp, format="PNG")

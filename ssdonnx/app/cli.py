@@ -199,6 +199,12 @@ def detect(detector, images, out_dir, force, provider, score, labels, batch):
         report = annotate(found, work, batch=batch, progress=bar.update)
     for message in report.failed:
         log(f"skipped {message}")
+    if report.empty:
+        best = "no detection at all" if report.best_of_empty is None else \
+            f"the best score on them was {report.best_of_empty:.4f}"
+        log(f"{plural(report.empty, 'picture')} of {len(report.results)} had no detection "
+            f"with score >= {score} ({best}; each picture's best_score is in "
+            "detections.json; --score sets the threshold)")
     click.echo(f"{plural(len(report.results), 'image')}, "
                f"{plural(report.detections, 'detection')} (score >= {score}), "
                f"{report.seconds / max(report.pictures, 1):.3f} s per image on "

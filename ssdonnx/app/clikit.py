@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import math
 import sys
+import time
+import warnings
 
 import click
 
@@ -48,12 +50,24 @@ def _os_error(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}"
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """ssdonnx's own warnings as one line, without the code location; others as Python
+    shows them."""
+    if category.__module__.startswith("ssdonnx"):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        click.echo(warnings.formatwarning(message, category, filename, lineno, line).rstrip(),
+                   err=True)
+
+
 class Group(click.Group):
     """The error contract above, for every command."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             click.echo("\ninterrupted", err=True)
             ctx.exit(INTERRUPTED)
@@ -84,19 +98,43 @@ def progress_bar(length: int, label: str):
 
 class LazyBar:
     """A progress bar for ``progress(n, total)`` callbacks: made at the first call, when
-    the total is known."""
+    the total is known, and made anew once it is full (the next set's pictures)."""
 
     def __init__(self, label: str):
-        self.label, self.bar = label, None
+        self.label, self.bar, self.done = label, None, 0
 
     def __call__(self, n: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = progress_bar(total, f"{self.label} {plural(total, 'picture')}")
+        if self.bar is None or self.done >= self.bar.length:
+            self.finish()
+            self.bar, self.done = progress_bar(total, f"{self.label} "
+                                                      f"{plural(total, 'picture')}"), 0
         self.bar.update(n)
+        self.done += n
 
     def finish(self) -> None:
         if self.bar is not None:
             self.bar.render_finish()
+
+
+class StepLines:
+    """Progress inside a long loop as lines, for a log file or CI where a bar draws
+    nothing: ``lines(n, total, label, status)`` after each step writes ``label:
+    done/total (percent) status`` once ``every`` seconds have passed since the last line
+    (the caller says when a pass ends)."""
+
+    def __init__(self, every: float, write=None, clock=time.monotonic):
+        self.every, self.write, self.clock = every, write or log, clock
+        self.label, self.done, self.last = None, 0, clock()
+
+    def __call__(self, n: int, total: int, label: str, status: str = "") -> None:
+        if label != self.label:
+            self.label, self.done = label, 0
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            self.write(f"{label}: {self.done}/{total} ({100 * self.done / total:.0f}%)"
+                       + (f" {status}" if status else ""))
 
 
 def log(message: str) -> None:

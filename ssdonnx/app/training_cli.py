@@ -9,10 +9,18 @@ from pathlib import Path
 
 import click
 
-from .clikit import PROVIDER, finite, log, progress_bar
+from .clikit import PROVIDER, LazyBar, StepLines, finite, log, progress_bar
 
-DATA_HELP = ("A VOC-layout folder (JPEGImages/ or images/, Annotations/ or annotations/, "
-             "ImageSets/Main/*.txt) or a COCO .json file.")
+DATA_HELP = ("A VOC-layout folder (JPEGImages/ or images/, Annotations/ or annotations/ "
+             "or --annotations DIR, ImageSets/Main/*.txt) or a COCO .json file.")
+ANNOTATIONS = click.option(
+    "--annotations", default=None, metavar="DIR",
+    help="The folder of the XML files, inside the data set or anywhere [default: "
+         "Annotations/ or annotations/, else annots/, labels/ or xml/ holding XML files].")
+SKIP_BAD = click.option(
+    "--skip-bad", is_flag=True,
+    help="Leave out pictures that cannot be read or do not fit their annotation (named "
+         "in the output) instead of stopping.")
 
 
 def _int_list(ctx, param, value):
@@ -93,18 +101,28 @@ def data_shapes(out, n_train, n_val, seed, object_size, force):
 @data.command("split")
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--val", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.2, show_default=True, callback=finite,
-              help="Share of the pictures held out.")
+              default=None, callback=finite,
+              help="Share of the pictures held out, drawn with --seed [default: 0.2].")
+@click.option("--every", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Hold out every N-th picture instead, in the ids' natural order (their "
+                   "numbers as numbers).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@ANNOTATIONS
 @click.option("--force", is_flag=True, help="Replace existing train/val lists.")
-def data_split(dataset, val, seed, force):
-    """Split DATASET's annotated pictures into train and val lists, fixed by the seed
-    (ImageSets/Main/{train,val,trainval}.txt, beside a COCO file). """
-    from ..training.data import write_split
+def data_split(dataset, val, every, seed, annotations, force):
+    """Split DATASET's annotated pictures into train and val lists, for any naming of
+    the ids (ImageSets/Main/{train,val,trainval}.txt, beside a COCO file)."""
+    from ..training.data import annotation_note, is_coco, write_split
 
-    split = write_split(dataset, val, seed, force)
+    if val is not None and every is not None:
+        raise click.UsageError("--val and --every: give one")
+    if not is_coco(dataset) and (note := annotation_note(dataset, annotations)):
+        log(note)
+    split = write_split(dataset, 0.2 if val is None else val, seed, force, every,
+                        annotations)
+    how = f"every {every}th held out" if every else f"seed {seed}"
     click.echo(f"{len(split['train'])} train and {len(split['val'])} val pictures "
-               f"(seed {seed}) listed in ImageSets/Main of {dataset}")
+               f"({how}) listed in ImageSets/Main of {dataset}")
 
 
 @click.command()
@@ -159,15 +177,26 @@ def data_split(dataset, val, seed, force):
                    "the CPU.")
 @click.option("--workers", type=click.IntRange(min=0, max=256), default=0, show_default=True,
               help="DataLoader worker processes per training process.")
+@ANNOTATIONS
+@SKIP_BAD
+@click.option("--log-every", type=click.FloatRange(min=0), default=30, show_default=True,
+              callback=finite, metavar="SECONDS",
+              help="Not on a terminal (a log file, CI): a progress line inside each epoch "
+                   "this often.")
 def train(config, data_root, classes, input_size, image_set, out, force, epochs, batch, lr,
           schedule, warmup, lr_steps, weights, resume, seed, augment, val_every, val_set,
-          keep_every, threads, amp, workers):
+          keep_every, threads, amp, workers, annotations, skip_bad, log_every):
     """Train an SSD with MultiBoxLoss (also under torchrun, with DDP)."""
     from ..training.train import train as run
 
     bars = {}
+    lines = None if sys.stderr.isatty() else StepLines(log_every, log)
 
     def progress(n, total, epoch, loss_l, loss_c, rate):
+        if lines is not None:
+            lines(n, total, f"epoch {epoch}/{epochs}",
+                  f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s")
+            return
         if epoch not in bars:
             for b in bars.values():
                 b.render_finish()
@@ -179,17 +208,22 @@ def train(config, data_root, classes, input_size, image_set, out, force, epochs,
         current.status = f"loss_l {loss_l:.3f} loss_c {loss_c:.3f} {rate:.0f} img/s"
         current.update(n)
 
+    checking = LazyBar("checking")
     try:
-        run(config, data_root, out, epochs, batch, lr, weights, resume, seed, classes,
-            input_size, workers, schedule, warmup, lr_steps, augment, amp, force, image_set,
-            val_set, val_every, keep_every, threads, log=log, progress=progress)
+        records = run(config, data_root, out, epochs, batch, lr, weights, resume, seed,
+                      classes, input_size, workers, schedule, warmup, lr_steps, augment, amp,
+                      force, image_set, val_set, val_every, keep_every, threads, annotations,
+                      skip_bad, log=log, progress=progress, check_progress=checking)
     finally:
+        checking.finish()
         for b in bars.values():
             b.render_finish()
     final = sorted(Path(out).glob(f"*-epoch{epochs}.pth"))
+    skipped = records[-1]["skipped"] if records else 0
     click.echo(f"checkpoints in {out}: last.pth (to resume)"
                + (f", {final[0].name} (the weights)" if final else "")
-               + (", best.pth (best validation mAP)" if val_every else "") + "; log.csv")
+               + (", best.pth (best validation mAP)" if val_every else "") + "; log.csv"
+               + (f" ({skipped} bad pictures skipped, named there)" if skipped else ""))
 
 
 @click.command()
@@ -205,7 +239,10 @@ def train(config, data_root, classes, input_size, image_set, out, force, epochs,
 @click.option("--coco", is_flag=True,
               help="Also COCO AP@[.5:.95], AP50, AP75 and per-class AP (pycocotools).")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(model, data_root, image_set, config, provider, batch, coco, as_json):
+@ANNOTATIONS
+@SKIP_BAD
+def evaluate(model, data_root, image_set, config, provider, batch, coco, as_json, annotations,
+             skip_bad):
     """VOC mAP@0.5 (and with --coco COCO AP) of MODEL: an exported detector.onnx
     (onnxruntime) or a checkpoint (eager PyTorch)."""
     from ..deploy.predict import Detector
@@ -213,14 +250,23 @@ def evaluate(model, data_root, image_set, config, provider, batch, coco, as_json
     from ..training.evaluate import evaluate_coco, evaluation_set
 
     detector = Detector(model, config, provider, score=0.0)
-    dataset = evaluation_set(data_root, image_set, detector.config)
+    checking = LazyBar("checking")
+    try:
+        dataset = evaluation_set(data_root, image_set, detector.config, annotations=annotations,
+                                 skip_bad=skip_bad, progress=checking)
+    finally:
+        checking.finish()
+    for note in dataset.notes:
+        log(note)
     with progress_bar(len(dataset), f"evaluating ({detector.runtime})") as bar:
         if coco:
             voc, coco_ap = evaluate_coco(detector, dataset, batch, progress=bar.update)
         else:
             voc, coco_ap = run(detector, dataset, batch, progress=bar.update), None
     if as_json:
-        click.echo(json.dumps(voc.as_dict() | ({"coco": coco_ap.as_dict()} if coco else {})))
+        click.echo(json.dumps(voc.as_dict() | ({"coco": coco_ap.as_dict()} if coco else {})
+                              | ({"skipped": [i for i, _ in dataset.skipped]}
+                                 if dataset.skipped else {})))
         return
     click.echo(voc.table(detector.runtime))
     if coco_ap is not None:

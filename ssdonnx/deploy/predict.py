@@ -27,13 +27,16 @@ NAMED_LABELS = {"voc": "ssd300-voc", "coco": "ssd300-coco"}
 @dataclass
 class Detections:
     """Objects found in one picture, best first. ``boxes`` [k, 4] are (x1, y1, x2, y2) in
-    pixels of the picture as given; ``class_ids`` are 1..C-1 (0 is background)."""
+    pixels of the picture as given; ``class_ids`` are 1..C-1 (0 is background).
+    ``best_score``: the best score the detector gave on the picture, kept or not (None
+    when it gave none): what says how far off a threshold that kept nothing was."""
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
     labels: list[str]
     width: int
     height: int
+    best_score: float | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -154,11 +157,13 @@ class Detector:
         results = []
         for picture, rows in zip(pictures, self.predict(self.preprocess(pictures))):
             W, H = _size(picture)
+            best = float(rows[:, 4].max()) if len(rows) else None
             rows = rows[rows[:, 4] >= score]
             results.append(Detections(
                 boxes=rows[:, :4] * np.array([W, H, W, H], dtype=np.float32),
                 scores=rows[:, 4].copy(), class_ids=rows[:, 5].astype(np.int64),
-                labels=[self.names[int(c) - 1] for c in rows[:, 5]], width=W, height=H))
+                labels=[self.names[int(c) - 1] for c in rows[:, 5]], width=W, height=H,
+                best_score=best))
         return results
 
     def __call__(self, picture, score: float | None = None) -> Detections:

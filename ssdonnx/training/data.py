@@ -3,15 +3,20 @@
 files, read into one form.
 
 A VOC folder holds pictures in ``JPEGImages/`` (or ``images/``; any format Pillow reads,
-one picture per id), one XML per picture in ``Annotations/`` (or ``annotations/``) and,
-optionally, lists of ids in ``ImageSets/Main/<set>.txt``. A COCO file
+one picture per id), one XML per picture in ``Annotations/`` (or ``annotations/``, or,
+found by their names when they hold XML files, ``annots/``, ``labels/`` or ``xml/``; or a
+folder given as ``annotations``) and, optionally, lists of ids in
+``ImageSets/Main/<set>.txt``. A COCO file
 (``instances_*.json``) names its pictures, found in ``images`` (default: the folder
 ``images/`` beside the file, or the file's own folder). Image sets: ``train``,
 ``train,val`` (several lists joined), or ``all`` (every annotated picture, no list
 needed). ``ssdonnx data split`` writes ``train``, ``val`` and ``trainval`` lists.
 
 Every annotation is read and checked when a set is opened, and each problem names its
-file: a data set fails before training starts, not in the middle of an epoch. Targets
+file; ``VOCDataset`` also decodes every picture once and checks its size against its
+annotation, and lists every bad one in one message (or, with ``skip_bad``, leaves them
+out and names them): a data set fails before training starts, not in the middle of an
+epoch. Targets
 are ``[n, 5]`` rows (x1, y1, x2, y2, label) normalised to [0, 1]: VOC's 1-based pixels as
 the seed does, (pixel - 1) / size; COCO's 0-based ones as pixel / size.
 """
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +39,7 @@ from ..checks import COORD_TOLERANCE
 from ..config import SEED_MEAN_RGB
 from ..errors import DataError, InputError, OutputError
 from ..matching import pad_targets
-from ..pictures import picture_array, readable_suffixes
+from ..pictures import TruncatedPictureWarning, picture_array, readable_suffixes
 from ..transforms import preprocess
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -40,6 +47,9 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 PICTURE_FOLDERS = ("JPEGImages", "images")
 ANNOTATION_FOLDERS = ("Annotations", "annotations")
+# Other names labelling tools and published sets give the XML folder: taken when they
+# hold XML files, and said.
+OTHER_ANNOTATION_FOLDERS = ("annots", "labels", "xml")
 LISTS = Path("ImageSets") / "Main"
 ALL = "all"
 # An annotation larger than this is not a picture's annotation (bytes).
@@ -163,6 +173,38 @@ def _folder(root: Path, names) -> Path:
                     "VOC-layout data set (or a COCO .json file)")
 
 
+def annotation_folder(root, annotations=None) -> Path:
+    """The folder of a VOC data set's XML files: ``annotations`` where given (relative to
+    ``root`` or absolute), else ``Annotations/`` or ``annotations/``, else the first of
+    ``annots/``, ``labels/``, ``xml/`` that holds XML files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data set")
+    if annotations is not None:
+        folder = root / annotations
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such annotation folder")
+        return folder
+    for name in ANNOTATION_FOLDERS:
+        if (root / name).is_dir():
+            return root / name
+    for name in OTHER_ANNOTATION_FOLDERS:
+        if (root / name).is_dir() and any((root / name).glob("*.xml")):
+            return root / name
+    names = ANNOTATION_FOLDERS + OTHER_ANNOTATION_FOLDERS
+    raise DataError(f"{root}: no {', '.join(n + '/' for n in names)} folder of XML files; "
+                    "name yours with --annotations DIR (or give a COCO .json file)")
+
+
+def annotation_note(root, annotations=None) -> str | None:
+    """One line saying which annotation folder was taken, where it was not given and is
+    not one of VOC's own names (None otherwise)."""
+    folder = annotation_folder(root, annotations)
+    if annotations is None and folder.name not in ANNOTATION_FOLDERS:
+        return f"annotations: {folder} (found by its name; --annotations DIR names another)"
+    return None
+
+
 def _pictures_by_stem(folder: Path) -> dict[str, Path]:
     suffixes = readable_suffixes()
     found: dict[str, Path] = {}
@@ -199,17 +241,18 @@ def read_ids(root: Path, image_set: str) -> list[str] | None:
     return ids
 
 
-def voc_classes(root) -> tuple[str, ...]:
+def voc_classes(root, annotations=None) -> tuple[str, ...]:
     """The class names used in a VOC folder's annotations, sorted."""
-    folder = _folder(Path(root), ANNOTATION_FOLDERS)
+    folder = annotation_folder(root, annotations)
     names = {name for xml in sorted(folder.glob("*.xml"))
              for name, _, _ in voc_objects(xml)[1]}
     return tuple(sorted(names))
 
 
-def read_voc(root, image_set: str, classes, keep_difficult: bool = False) -> list[Record]:
+def read_voc(root, image_set: str, classes, keep_difficult: bool = False,
+             annotations=None) -> list[Record]:
     root = Path(root)
-    annotations = _folder(root, ANNOTATION_FOLDERS)
+    annotations = annotation_folder(root, annotations)
     pictures = _pictures_by_stem(_folder(root, PICTURE_FOLDERS))
     ids = read_ids(root, image_set)
     if ids is None:
@@ -326,7 +369,7 @@ def read_coco(path, image_set: str, classes, images=None) -> list[Record]:
 
 # --- one form for both -----------------------------------------------------------------
 
-def all_ids(data) -> list[str]:
+def all_ids(data, annotations=None) -> list[str]:
     """Every annotated picture's id: a VOC folder's annotations that have a picture, or
     a COCO file's picture names."""
     data = Path(data)
@@ -336,32 +379,53 @@ def all_ids(data) -> list[str]:
         except (KeyError, TypeError) as exc:
             raise AnnotationError(f"{data}: an image without file_name ({exc})") from None
     pictures = _pictures_by_stem(_folder(data, PICTURE_FOLDERS))
-    return sorted(p.stem for p in _folder(data, ANNOTATION_FOLDERS).glob("*.xml")
+    return sorted(p.stem for p in annotation_folder(data, annotations).glob("*.xml")
                   if p.stem in pictures)
 
 
-def write_split(data, val: float = 0.2, seed: int = 0, force: bool = False
-                ) -> dict[str, list[str]]:
-    """A fixed, seeded split of every annotated picture into ``train`` and ``val`` lists
-    (and ``trainval``), written to ImageSets/Main/ of the data set (beside a COCO file).
-    ``val`` is the share held out. Existing lists are replaced only with ``force``."""
+def natural_order(ids) -> list[str]:
+    """``ids`` sorted with their runs of digits as numbers (``img-2`` before ``img-10``;
+    ``00005`` before ``00010`` as in plain order)."""
+    def key(i):
+        return [(0, int(part), part) if part.isdigit() else (1, 0, part)
+                for part in re.split(r"(\d+)", i) if part]
+    return sorted(ids, key=key)
+
+
+def write_split(data, val: float = 0.2, seed: int = 0, force: bool = False,
+                every: int | None = None, annotations=None) -> dict[str, list[str]]:
+    """A fixed split of every annotated picture into ``train`` and ``val`` lists (and
+    ``trainval``), written to ImageSets/Main/ of the data set (beside a COCO file), for
+    any naming of the ids. ``val``: the share held out, drawn with ``seed``; or ``every``
+    N: every N-th picture held out, in the ids' natural order (their numbers as numbers).
+    Existing lists are replaced only with ``force``."""
     from ..deploy.files import make_folder, write_text
 
-    if not 0 < val < 1:
+    if every is None and not 0 < val < 1:
         raise InputError(f"val: expected a share between 0 and 1, got {val}")
+    if every is not None and not (isinstance(every, int) and every >= 2):
+        raise InputError(f"every: expected a whole number of at least 2, got {every!r}")
     data = Path(data)
-    ids = all_ids(data)
+    ids = all_ids(data, annotations)
+    if every is not None:
+        ids = natural_order(ids)
     if len(ids) < 2:
         raise DataError(f"{data}: {len(ids)} annotated pictures; a split needs at least 2")
+    if every is not None and len(ids) < every:
+        raise DataError(f"{data}: {len(ids)} annotated pictures; every {every}th held out "
+                        "leaves none for val")
     folder = (data.parent if is_coco(data) else data) / LISTS
     lists = {name: folder / f"{name}.txt" for name in ("train", "val", "trainval")}
     existing = [str(p) for p in lists.values() if p.exists()]
     if existing and not force:
         raise OutputError(f"{', '.join(existing)} exist; pass --force (force=True) to "
                           "replace them")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n_val = min(len(ids) - 1, max(1, round(val * len(ids))))
-    held = {ids[i] for i in order[:n_val]}
+    if every is not None:
+        held = {i for n, i in enumerate(ids, 1) if n % every == 0}
+    else:
+        order = np.random.default_rng(seed).permutation(len(ids))
+        n_val = min(len(ids) - 1, max(1, round(val * len(ids))))
+        held = {ids[i] for i in order[:n_val]}
     split = {"train": [i for i in ids if i not in held], "val": [i for i in ids if i in held],
              "trainval": ids}
     make_folder(folder)
@@ -374,14 +438,14 @@ def is_coco(data) -> bool:
     return Path(data).suffix.lower() == ".json"
 
 
-def dataset_classes(data) -> tuple[str, ...]:
+def dataset_classes(data, annotations=None) -> tuple[str, ...]:
     """The class names a data set uses: a COCO file's categories in id order, or the
     names in a VOC folder's annotations, sorted."""
-    return coco_classes(data) if is_coco(data) else voc_classes(data)
+    return coco_classes(data) if is_coco(data) else voc_classes(data, annotations)
 
 
 def read_records(data, image_set: str, classes, keep_difficult: bool = False,
-                 images=None) -> list[Record]:
+                 images=None, annotations=None) -> list[Record]:
     """Every annotated picture of ``image_set`` in ``data`` (a VOC folder or a COCO
     file), checked; an empty set is refused."""
     data = Path(data)
@@ -390,10 +454,56 @@ def read_records(data, image_set: str, classes, keep_difficult: bool = False,
     if is_coco(data):
         records = read_coco(data, image_set, tuple(classes), images)
     else:
-        records = read_voc(data, image_set, tuple(classes), keep_difficult)
+        records = read_voc(data, image_set, tuple(classes), keep_difficult, annotations)
     if not records:
         raise DataError(f"{data}: image set {image_set!r} holds no pictures")
     return records
+
+
+# A bad-pictures message names this many; the rest are counted.
+LISTED_BAD = 10
+
+
+@dataclass(frozen=True)
+class PictureCheck:
+    """What opening a set's pictures found: ``bad`` (id, reason) for each picture that
+    cannot be used, ``truncated`` the ids of pictures read as far as their file goes."""
+    bad: tuple[tuple[str, str], ...]
+    truncated: tuple[str, ...]
+
+
+def check_pictures(records: list[Record], progress=None) -> PictureCheck:
+    """Decode every picture of ``records`` once and check its size against its
+    annotation; ``progress(n, total)`` after each."""
+    bad, truncated = [], []
+    for r in records:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncatedPictureWarning)
+            try:
+                _checked_picture(r)
+            except DataError as exc:
+                bad.append((r.id, str(exc)))
+        if any(issubclass(w.category, TruncatedPictureWarning) for w in caught):
+            truncated.append(r.id)
+        if progress is not None:
+            progress(1, len(records))
+    return PictureCheck(tuple(bad), tuple(truncated))
+
+
+def _checked_picture(r: Record) -> np.ndarray:
+    array = picture_array(r.picture)
+    if (array.shape[1], array.shape[0]) != r.size:
+        raise AnnotationError(f"{r.source}: the annotation is for a {r.size[0]} x "
+                              f"{r.size[1]} picture, but {r.picture} is {array.shape[1]} "
+                              f"x {array.shape[0]} (EXIF orientation applied)")
+    return array
+
+
+def bad_pictures_message(bad, total: int) -> str:
+    listed = "; ".join(reason for _, reason in bad[:LISTED_BAD])
+    more = f"; and {len(bad) - LISTED_BAD} more" if len(bad) > LISTED_BAD else ""
+    return (f"{len(bad)} of {total} pictures cannot be used: {listed}{more}; fix or remove "
+            "them, or pass --skip-bad to go on without them")
 
 
 class VOCDataset(torch.utils.data.Dataset):
@@ -407,11 +517,21 @@ class VOCDataset(torch.utils.data.Dataset):
     draws the same whatever the number of DataLoader workers, and a resumed run goes on
     where it stopped. ``set_epoch`` sets the epoch (DataLoader workers started after the
     call see it; don't use ``persistent_workers``).
+
+    ``annotations``: the XML folder, where it is not found by its name. ``check``:
+    decode every picture once when the set is opened (``progress(n, total)`` after each)
+    and refuse the set, listing every bad picture in one DataError; with ``skip_bad``
+    the bad ones are left out instead and named in ``skipped`` ((id, reason) pairs).
+    ``truncated``: ids of pictures that end early, read as far as they go (one warning
+    at opening, not again in every epoch). ``notes``: lines worth saying (the
+    annotation folder taken by its name, what was skipped).
     """
 
     def __init__(self, root, image_set: str = "trainval", classes=VOC_CLASSES,
                  size: int = 300, keep_difficult: bool = False, augment=None,
-                 seed: int = 0, images=None, mean=SEED_MEAN_RGB, std=(1.0, 1.0, 1.0)):
+                 seed: int = 0, images=None, mean=SEED_MEAN_RGB, std=(1.0, 1.0, 1.0),
+                 annotations=None, check: bool = True, skip_bad: bool = False,
+                 progress=None):
         if seed < 0:
             raise InputError(f"seed: expected a non-negative integer, got {seed}")
         self.root = Path(root)
@@ -422,7 +542,33 @@ class VOCDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.records = read_records(root, image_set, self.classes, keep_difficult, images)
+        records = read_records(root, image_set, self.classes, keep_difficult, images,
+                               annotations)
+        note = None if is_coco(root) else annotation_note(root, annotations)
+        self.notes = [note] if note else []
+        self.skipped: tuple[tuple[str, str], ...] = ()
+        self.truncated: tuple[str, ...] = ()
+        if check:
+            found = check_pictures(records, progress)
+            if found.bad and not skip_bad:
+                raise DataError(bad_pictures_message(found.bad, len(records)))
+            if found.bad:
+                gone = {i for i, _ in found.bad}
+                if len(gone) == len(records):
+                    raise DataError(bad_pictures_message(found.bad, len(records)))
+                records = [r for r in records if r.id not in gone]
+                self.skipped = found.bad
+                self.notes.append(f"skipped {len(gone)} bad pictures of image set "
+                                  f"{image_set!r} (--skip-bad): "
+                                  + "; ".join(reason for _, reason in found.bad))
+            self.truncated = found.truncated
+            if found.truncated:
+                warnings.warn(TruncatedPictureWarning(
+                    f"{len(found.truncated)} pictures of {root} end early (truncated) and "
+                    f"are read as far as they go, the rest grey: "
+                    f"{', '.join(found.truncated[:LISTED_BAD])}"
+                    + (" ..." if len(found.truncated) > LISTED_BAD else "")), stacklevel=2)
+        self.records = records
         self.ids = [r.id for r in self.records]
 
     def __len__(self) -> int:
@@ -443,12 +589,11 @@ class VOCDataset(torch.utils.data.Dataset):
         """The RGB picture, HWC uint8, EXIF orientation applied; refused when its size
         is not the one its annotation is for."""
         r = self.records[index]
-        array = picture_array(r.picture)
-        if (array.shape[1], array.shape[0]) != r.size:
-            raise AnnotationError(f"{r.source}: the annotation is for a {r.size[0]} x "
-                                  f"{r.size[1]} picture, but {r.picture} is {array.shape[1]} "
-                                  f"x {array.shape[0]} (EXIF orientation applied)")
-        return array
+        if r.id not in self.truncated:
+            return _checked_picture(r)
+        with warnings.catch_warnings():     # said once, when the set was opened
+            warnings.simplefilter("ignore", TruncatedPictureWarning)
+            return _checked_picture(r)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = self.image(index)

@@ -124,10 +124,11 @@ def run_detector(detector, dataset: VOCDataset, batch: int = 16, progress=None):
     return detections, truths
 
 
-def evaluation_set(root, image_set: str, cfg) -> VOCDataset:
+def evaluation_set(root, image_set: str, cfg, **opening) -> VOCDataset:
     """The data set ``evaluate`` reads: pictures at the network's size, difficult
-    objects kept (and flagged)."""
-    return VOCDataset.for_config(root, image_set, cfg, keep_difficult=True)
+    objects kept (and flagged); ``opening``: ``VOCDataset``'s ``annotations``,
+    ``skip_bad``, ``progress``."""
+    return VOCDataset.for_config(root, image_set, cfg, keep_difficult=True, **opening)
 
 
 def evaluate(detector, dataset: VOCDataset, batch: int = 16, progress=None) -> MeanAP:

@@ -175,14 +175,14 @@ class Schedule:
 
 
 def run_config(config, data, classes=None, input_size: int | None = None, out=None,
-               log=print) -> SSDConfig:
+               log=print, annotations=None) -> SSDConfig:
     """The config a run trains: ``config`` (a preset or a JSON file) for ``classes``
     (``cat,dog``, a file of names, a list; default: the data set's own when the config's
     do not cover them) at ``input_size`` (the priors derived, see
     ``config.with_input_size``). A config changed so is named after the run's folder."""
     cfg = get_config(config)
     if classes is None:
-        found = dataset_classes(data)
+        found = dataset_classes(data, annotations)
         if found and not set(found) <= set(cfg.class_names):
             classes = found
             log(f"classes from {data}: {', '.join(found)}")
@@ -213,7 +213,7 @@ class EagerDetector:
 
 
 LOG_FIELDS = ("epoch", "lr", "loss_l", "loss_c", "images_per_s", "seconds", "val_map",
-              "val_map07")
+              "val_map07", "skipped", "skipped_ids")
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
@@ -232,7 +232,8 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
           warmup: float | None = None, lr_steps=(), augment: str | None = None,
           amp: bool = False, force: bool = False, image_set: str = "train",
           val_set: str | None = None, val_every: int = 0, keep_every: int = 0,
-          threads: int | None = None, log=print, progress=None) -> list[dict]:
+          threads: int | None = None, annotations=None, skip_bad: bool = False,
+          log=print, progress=None, check_progress=None) -> list[dict]:
     """Train an SSD on a data set (a VOC folder or a COCO file, ``ssdonnx.training.data``);
     returns one record per epoch (losses, learning rate, images/s, validation mAP).
 
@@ -247,7 +248,12 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
     gradient scaling on CUDA, bfloat16 on the CPU (the loss in float32 either way).
     ``val_every`` > 0: VOC mAP on ``val_set`` (default ``val``) every that many epochs,
     the best kept as ``best.pth``. ``keep_every``: also keep every that many epochs'
-    weights. ``threads``: torch's CPU threads (default: torch's).
+    weights. ``threads``: torch's CPU threads (default: torch's). ``annotations``: the
+    XML folder where it is not found by its name. Every picture is decoded once when the
+    sets are opened (``check_progress(n, total)`` after each): bad ones stop the run
+    before its first epoch, all named, or with ``skip_bad`` are left out, counted and
+    named in the log and log.csv (``skipped``, ``skipped_ids``). ``progress(n, total,
+    epoch, loss_l, loss_c, rate)`` after each step.
 
     ``out`` must not hold an earlier run's checkpoints unless ``resume`` continues it or
     ``force`` replaces them; it is checked for writing before any work. Checkpoints are
@@ -263,14 +269,16 @@ def train(config, data, out, epochs: int = 10, batch: int = 32, lr: float = 1e-3
             return _train(config, data, Path(out), epochs, batch, lr, weights, resume, seed,
                           classes, input_size, workers, schedule, warmup, lr_steps, augment,
                           amp, force, image_set, val_set, val_every, keep_every,
-                          check_interrupt, log, progress)
+                          annotations, skip_bad, check_interrupt, log, progress,
+                          check_progress)
     finally:
         torch.set_num_threads(before)
 
 
 def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes, input_size,
            workers, schedule, warmup, lr_steps, augment, amp, force, image_set, val_set,
-           val_every, keep_every, check_interrupt, log, progress) -> list[dict]:
+           val_every, keep_every, annotations, skip_bad, check_interrupt, log, progress,
+           check_progress) -> list[dict]:
     state = {}
     if resume is not None:
         state = read_resume(resume)
@@ -283,7 +291,7 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
         cfg = SSDConfig.from_dict(json.loads(state["config"]),
                                   source=f"{resume}")
         if config is not None and run_config(config, data, classes, input_size, out,
-                                             lambda m: None) != cfg:
+                                             lambda m: None, annotations) != cfg:
             raise InputError(f"{resume} was trained with another config than {config} "
                              "(with these classes and input size); leave them out to "
                              "continue that run")
@@ -291,7 +299,7 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
         raise InputError("a config is needed to start a run (--config), or a run to "
                          "continue (--resume)")
     else:
-        cfg = run_config(config, data, classes, input_size, out, log)
+        cfg = run_config(config, data, classes, input_size, out, log, annotations)
     seed = _resumed(state, "seed", seed, 0)
     augment = _resumed(state, "augment", augment, "ssd")
     if augment not in (*AUGMENTATIONS, "none"):
@@ -313,9 +321,17 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
         device = torch.device("cpu")
     torch.manual_seed(seed)
     augmenter = AUGMENTATIONS[augment](cfg.pixel_mean) if augment != "none" else None
-    dataset = VOCDataset.for_config(data, image_set, cfg, seed=seed, augment=augmenter)
-    validation = VOCDataset.for_config(data, val_set, cfg, keep_difficult=True) \
+    opening = {"annotations": annotations, "skip_bad": skip_bad,
+               "progress": check_progress if rank == 0 else None}
+    dataset = VOCDataset.for_config(data, image_set, cfg, seed=seed, augment=augmenter,
+                                    **opening)
+    validation = VOCDataset.for_config(data, val_set, cfg, keep_difficult=True, **opening) \
         if val_every and rank == 0 else None
+    skipped = [i for d in (dataset, validation) if d is not None for i, _ in d.skipped]
+    if rank == 0:
+        for note in dict.fromkeys(n for d in (dataset, validation) if d is not None
+                                  for n in d.notes):
+            log(note)
     loader, sampler = make_loader(dataset, batch, seed, world, rank, workers)
     net = build_model(cfg)
     if weights is not None and not state:
@@ -378,7 +394,8 @@ def _train(config, data, out, epochs, batch, lr, weights, resume, seed, classes,
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "loss_l": sums[0] / max(n_images, 1), "loss_c": sums[1] / max(n_images, 1),
-                  "images_per_s": n_images * world / seconds, "seconds": seconds}
+                  "images_per_s": n_images * world / seconds, "seconds": seconds,
+                  "skipped": len(skipped), "skipped_ids": ";".join(skipped)}
         last = epoch + 1 == epochs
         if validation is not None and ((epoch + 1) % val_every == 0 or last):
             net.eval()
